@@ -1,0 +1,37 @@
+# One task runner for people and CI. `make demo` and `make test` are the README's commands.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint typecheck unit bench clean dynamodb-local
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,redis,otel]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+dynamodb-local:
+	scripts/fetch-dynamodb-local.sh
+
+demo: $(STAMP)
+	$(BIN)/memsdk simulate --store sqlite:///.cache/demo.db --duration 10 --sessions 50
+
+lint: $(STAMP)
+	$(BIN)/ruff check memsdk tests benchmarks
+	$(BIN)/ruff format --check memsdk
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict memsdk
+
+test: $(STAMP) dynamodb-local lint typecheck
+	$(BIN)/pytest -q -p no:cacheprovider
+
+bench: $(STAMP) dynamodb-local
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache

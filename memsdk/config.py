@@ -1,0 +1,210 @@
+"""Config: frozen, keyword-only, validated at construction; store URL parsing; from_env()."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import parse_qs, urlsplit
+
+from memsdk.errors import ConfigError
+
+__all__ = ["Config", "Consistency", "DynamoDBStoreSpec", "SQLiteStoreSpec", "StoreSpec"]
+
+Consistency = Literal["validated", "sticky", "strong"]
+_CONSISTENCY_MODES = ("validated", "sticky", "strong")
+
+# DynamoDB's item limit is 400 KB; the META update and key overhead need headroom.
+DYNAMODB_ITEM_LIMIT = 400 * 1024
+_TABLE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{3,255}$")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+
+
+@dataclass(frozen=True, slots=True)
+class SQLiteStoreSpec:
+    """The embedded store: one SQLite file (or ':memory:')."""
+
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class DynamoDBStoreSpec:
+    """A DynamoDB table, reached through a region endpoint or an explicit endpoint URL."""
+
+    table: str
+    region: str
+    endpoint: str | None
+
+
+StoreSpec = SQLiteStoreSpec | DynamoDBStoreSpec
+
+
+def parse_store_url(url: str) -> StoreSpec:
+    """Parse `sqlite:///rel.db`, `sqlite:////abs.db` or `dynamodb://TABLE?region=..&endpoint=..`."""
+    if not isinstance(url, str) or not url:
+        raise ConfigError("store must be a non-empty URL such as sqlite:///memsdk.db")
+    if url.startswith("sqlite:"):
+        return _parse_sqlite(url)
+    if url.startswith("dynamodb:"):
+        return _parse_dynamodb(url)
+    raise ConfigError(
+        f"unsupported store URL scheme in {_redact(url)!r}: use sqlite:///PATH or dynamodb://TABLE"
+    )
+
+
+def _parse_sqlite(url: str) -> SQLiteStoreSpec:
+    # SQLAlchemy convention: three slashes then a relative path, four for an absolute one.
+    if not url.startswith("sqlite:///"):
+        raise ConfigError(
+            "sqlite store URL must look like sqlite:///relative.db or sqlite:////abs.db"
+        )
+    path = url[len("sqlite:///") :]
+    if not path or "?" in path or "\x00" in path:
+        raise ConfigError("sqlite store URL needs a file path (or :memory:) and takes no options")
+    return SQLiteStoreSpec(path=path)
+
+
+def _parse_dynamodb(url: str) -> DynamoDBStoreSpec:
+    parts = urlsplit(url)
+    if parts.scheme != "dynamodb" or not url.startswith("dynamodb://"):
+        raise ConfigError("dynamodb store URL must look like dynamodb://TABLE?region=us-east-1")
+    table = parts.netloc
+    if parts.path not in ("", "/"):
+        raise ConfigError("dynamodb store URL takes the table name as its host: dynamodb://TABLE")
+    if not _TABLE_NAME.match(table):
+        raise ConfigError(f"invalid DynamoDB table name {table!r}: 3-255 chars of [A-Za-z0-9_.-]")
+    query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
+    unknown = set(query) - {"region", "endpoint"}
+    if unknown:
+        raise ConfigError(f"unknown dynamodb store URL option(s): {', '.join(sorted(unknown))}")
+    for key, values in query.items():
+        if len(values) != 1 or not values[0]:
+            raise ConfigError(f"dynamodb store URL option {key!r} must be given once, non-empty")
+    region = (
+        query.get("region", [""])[0]
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION", "")
+    )
+    if not region:
+        raise ConfigError("dynamodb store URL needs region=... (or AWS_REGION in the environment)")
+    if not _REGION.match(region):
+        raise ConfigError(f"invalid AWS region {region!r} in the dynamodb store URL")
+    endpoint = query.get("endpoint", [None])[0]
+    if endpoint is not None:
+        ep = urlsplit(endpoint)
+        if ep.scheme not in ("http", "https") or not ep.hostname:
+            raise ConfigError("dynamodb endpoint must be an http:// or https:// URL with a host")
+        if ep.path not in ("", "/") or ep.query or ep.fragment or ep.username or ep.password:
+            raise ConfigError(
+                "dynamodb endpoint must be scheme://host[:port] with nothing after it"
+            )
+        try:
+            ep.port  # noqa: B018 - parsing the port raises ValueError when it is malformed
+        except ValueError as exc:
+            raise ConfigError("dynamodb endpoint has a malformed port") from exc
+    return DynamoDBStoreSpec(table=table, region=region, endpoint=endpoint)
+
+
+def _redact(url: str) -> str:
+    # Never echo credentials that may sit in a URL's userinfo.
+    parts = urlsplit(url)
+    if parts.password or parts.username:
+        return url.replace(parts.netloc, parts.hostname or "***")
+    return url
+
+
+def _check_url(name: str, url: str | None, schemes: tuple[str, ...]) -> None:
+    if url is None:
+        return
+    if not isinstance(url, str) or urlsplit(url).scheme not in schemes:
+        raise ConfigError(f"{name} must be a URL with scheme {' | '.join(schemes)}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Config:
+    """Everything memsdk needs to know; a bad value raises ConfigError right here."""
+
+    store: str = "sqlite:///memsdk.db"
+    redis_url: str | None = None
+    wal_dir: str | None = None
+    ttl_seconds: int = 86_400
+    last_n: int = 20
+    consistency: Consistency = "validated"
+    max_turn_bytes: int = 350_000
+    l1_max_bytes: int = 64 * 1024 * 1024
+    wal_max_bytes: int = 1024 * 1024 * 1024
+    read_timeout: float = 0.3
+    write_timeout: float = 1.0
+    # How long turns and summaries physically outlive their last write. Visibility follows
+    # META (one sliding TTL for the whole session); this only bounds how long DynamoDB
+    # keeps the bytes of a session that stays active for weeks.
+    turn_retention_seconds: int = 30 * 86_400
+    max_pool_connections: int = 64
+    connect_timeout: float = 1.0
+    store_max_attempts: int = 2
+    store_spec: StoreSpec = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "store_spec", parse_store_url(self.store))
+        _check_url("redis_url", self.redis_url, ("redis", "rediss", "redis+cluster"))
+        if self.wal_dir is not None and (not isinstance(self.wal_dir, str) or not self.wal_dir):
+            raise ConfigError("wal_dir must be a non-empty directory path or None")
+        _check_int("ttl_seconds", self.ttl_seconds, 1, 10 * 365 * 86_400)
+        _check_int("last_n", self.last_n, 1, 10_000)
+        if self.consistency not in _CONSISTENCY_MODES:
+            raise ConfigError(f"consistency must be one of {', '.join(_CONSISTENCY_MODES)}")
+        _check_int("max_turn_bytes", self.max_turn_bytes, 1_024, DYNAMODB_ITEM_LIMIT - 8_192)
+        _check_int("l1_max_bytes", self.l1_max_bytes, 0, 1 << 40)
+        _check_int("wal_max_bytes", self.wal_max_bytes, 1 << 20, 1 << 44)
+        _check_float("read_timeout", self.read_timeout, 0.001, 600.0)
+        _check_float("write_timeout", self.write_timeout, 0.001, 600.0)
+        _check_int("turn_retention_seconds", self.turn_retention_seconds, 0, 10 * 365 * 86_400)
+        _check_int("max_pool_connections", self.max_pool_connections, 1, 10_000)
+        _check_float("connect_timeout", self.connect_timeout, 0.001, 600.0)
+        _check_int("store_max_attempts", self.store_max_attempts, 1, 10)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Config:
+        """Build a Config from MEMSDK_<FIELD> variables (e.g. MEMSDK_STORE); overrides win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in dataclasses.fields(cls):
+            if not f.init:
+                continue
+            raw = env.get(f"MEMSDK_{f.name.upper()}")
+            if raw is None:
+                continue
+            values[f.name] = _coerce(f.name, raw, f.default)
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]  # values were coerced per field above
+
+
+def _coerce(name: str, raw: str, default: object) -> object:
+    if isinstance(default, bool):
+        raise ConfigError(f"MEMSDK_{name.upper()}: boolean settings are not read from the env")
+    if isinstance(default, int):
+        try:
+            return int(raw.replace("_", ""))
+        except ValueError as exc:
+            raise ConfigError(f"MEMSDK_{name.upper()} must be an integer, got {raw!r}") from exc
+    if isinstance(default, float):
+        try:
+            return float(raw)
+        except ValueError as exc:
+            raise ConfigError(f"MEMSDK_{name.upper()} must be a number, got {raw!r}") from exc
+    if default is None and raw == "":
+        return None
+    return raw
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+
+
+def _check_float(name: str, value: object, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ConfigError(f"{name} must be a number of seconds in [{low}, {high}], got {value!r}")

@@ -1,0 +1,506 @@
+"""The session rules, free of I/O: validation, sizes, TTL, incarnations, ownership, windows.
+
+Every store obeys these rules because none of them lives in a store. The client reads
+the current META, asks this module to plan the next write, and hands the plan to the
+store as one conditional, atomic commit (see memsdk.store.base.SessionWrite).
+
+Incarnations: a session id reused after expiry must start empty, but DynamoDB removes
+expired items lazily. A new incarnation therefore gets a fresh `floor_turn_id` from the
+turn-id clock, above every id of the old one; only turns and summaries above the floor are
+visible. Turns carry a long physical TTL (`turn_retention_seconds` after their write) and
+are never rewritten to slide it: their visibility follows META, whose `expires_at` is the
+one sliding TTL of the session.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgspec
+
+from memsdk.errors import (
+    InvalidInputError,
+    InvalidSessionIdError,
+    InvalidTurnError,
+    SessionOwnershipError,
+    TurnTooLargeError,
+)
+from memsdk.ids import TurnIdGenerator, is_turn_id
+from memsdk.models import Meta, Summary, Turn
+from memsdk.store.base import MetaRecord, SessionWrite, SummaryRecord, TurnRecord
+
+__all__ = [
+    "MAX_TURNS_PER_APPEND",
+    "check_owner",
+    "live_meta",
+    "plan_append",
+    "plan_delete",
+    "plan_summary",
+    "plan_update_meta",
+    "select_window",
+    "to_public_meta",
+    "to_public_turn",
+    "validate_customer_id",
+    "validate_session_id",
+    "validate_turns",
+]
+
+SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+ROLES = frozenset({"user", "assistant", "system", "tool"})
+# A DynamoDB transaction holds at most 100 items and 4 MB; one slot and 400 KB go to META.
+MAX_TURNS_PER_APPEND = 99
+MAX_APPEND_BYTES = 4 * 1024 * 1024 - 400 * 1024
+META_ITEM_LIMIT = 400 * 1024 - 1024
+_NUMBER_BYTES = 21  # DynamoDB's upper bound for one number; never under-count.
+_TURN_ID_BYTES = 25
+_JSON = msgspec.json.Encoder()
+
+
+def validate_session_id(session_id: object) -> str:
+    """Return `session_id` if it is 1-128 chars of [A-Za-z0-9._:-]; else InvalidSessionIdError."""
+    if isinstance(session_id, str) and SESSION_ID_PATTERN.match(session_id):
+        return session_id
+    # The bad id is not echoed: it may be huge, binary, or someone's probe.
+    kind = type(session_id).__name__
+    length = len(session_id) if isinstance(session_id, str) else None
+    raise InvalidSessionIdError(
+        f"session_id must be 1-128 characters of [A-Za-z0-9._:-] (got {kind}"
+        + (f" of length {length})" if length is not None else ")")
+        + "; fix the caller, nothing was read or written"
+    )
+
+
+def validate_customer_id(customer_id: object, session_id: str) -> str | None:
+    """Return `customer_id` if it is None or a non-empty str of at most 256 chars."""
+    if customer_id is None:
+        return None
+    if isinstance(customer_id, str) and 0 < len(customer_id) <= 256:
+        return customer_id
+    raise InvalidInputError(
+        "customer_id must be None or a non-empty string of at most 256 characters",
+        session_id=session_id,
+    )
+
+
+def validate_json(value: object, session_id: str, what: str) -> dict[str, Any]:
+    """Check that `value` is a dict of JSON values that round-trip exactly; return it."""
+    if not isinstance(value, dict):
+        raise InvalidTurnError(
+            f"{what} must be a dict, got {type(value).__name__}", session_id=session_id
+        )
+    _check_json(value, session_id, what, depth=0)
+    return value
+
+
+def _check_json(value: object, session_id: str, path: str, depth: int) -> None:
+    # Anything that would not come back identical is refused rather than silently changed:
+    # NaN becomes null, int keys become strings, tuples become lists.
+    if depth > 32:
+        raise InvalidTurnError(f"{path} nests deeper than 32 levels", session_id=session_id)
+    if value is None or isinstance(value, bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidTurnError(f"{path} holds a non-finite float", session_id=session_id)
+        return
+    if isinstance(value, str):
+        _check_text(value, session_id, path)
+        return
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_json(item, session_id, f"{path}[{i}]", depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidTurnError(f"{path} has a non-string key", session_id=session_id)
+            _check_text(key, session_id, path)
+            _check_json(item, session_id, f"{path}.{key[:40]}", depth + 1)
+        return
+    raise InvalidTurnError(
+        f"{path} holds a {type(value).__name__}: only dict, list, str, int, float, bool, None",
+        session_id=session_id,
+    )
+
+
+def _check_text(text: str, session_id: str, path: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidTurnError(
+            f"{path} is not valid Unicode text (lone surrogate)", session_id=session_id
+        ) from exc
+
+
+def turn_item_bytes(session_id: str, turn: Turn, attributes_json: bytes) -> int:
+    """Upper bound of the DynamoDB item size of a TURN item (names + values, per AWS formula)."""
+    size = 2 + len("SESSION#") + len(session_id)
+    size += 2 + len("TURN#") + _TURN_ID_BYTES
+    size += len("expires_at") + _NUMBER_BYTES
+    size += len("created_at_ms") + _NUMBER_BYTES
+    size += len("role") + len(turn.role)
+    size += len("content") + len(turn.content.encode("utf-8"))
+    if turn.intent is not None:
+        size += len("intent") + len(turn.intent.encode("utf-8"))
+    size += len("attributes") + len(attributes_json)
+    return size
+
+
+def validate_turns(session_id: str, turns: object, max_turn_bytes: int) -> list[Turn]:
+    """Check roles, text, attributes and sizes of an append before any I/O; return the list."""
+    if isinstance(turns, Turn) or not isinstance(turns, Sequence) or isinstance(turns, str):
+        raise InvalidTurnError("turns must be a list of Turn", session_id=session_id)
+    checked = list(turns)
+    if not checked:
+        raise InvalidTurnError("append needs at least one Turn", session_id=session_id)
+    if len(checked) > MAX_TURNS_PER_APPEND:
+        raise InvalidTurnError(
+            f"{len(checked)} turns in one append; at most {MAX_TURNS_PER_APPEND}: split the call",
+            session_id=session_id,
+        )
+    total = 0
+    for i, turn in enumerate(checked):
+        where = f"turns[{i}]"
+        if not isinstance(turn, Turn):
+            raise InvalidTurnError(f"{where} is not a Turn", session_id=session_id)
+        if turn.role not in ROLES:
+            raise InvalidTurnError(
+                f"{where}.role must be one of user, assistant, system, tool", session_id=session_id
+            )
+        if not isinstance(turn.content, str):
+            raise InvalidTurnError(f"{where}.content must be str", session_id=session_id)
+        _check_text(turn.content, session_id, f"{where}.content")
+        if turn.intent is not None:
+            if not isinstance(turn.intent, str):
+                raise InvalidTurnError(f"{where}.intent must be str or None", session_id=session_id)
+            _check_text(turn.intent, session_id, f"{where}.intent")
+        validate_json(turn.attributes, session_id, f"{where}.attributes")
+        size = turn_item_bytes(session_id, turn, _JSON.encode(turn.attributes))
+        if size > max_turn_bytes:
+            raise TurnTooLargeError(
+                f"{where} encodes to {size} bytes, over max_turn_bytes={max_turn_bytes}: "
+                "store large tool output elsewhere and keep a reference in attributes",
+                session_id=session_id,
+            )
+        total += size
+    if total > MAX_APPEND_BYTES:
+        raise TurnTooLargeError(
+            f"append encodes to {total} bytes, over {MAX_APPEND_BYTES}: split it",
+            session_id=session_id,
+        )
+    return checked
+
+
+def meta_item_bytes(meta: MetaRecord) -> int:
+    """Upper bound of the DynamoDB item size of a META item."""
+    size = 2 + len("SESSION#") + len(meta.session_id) + 2 + len("META")
+    size += sum(len(n) + _NUMBER_BYTES for n in ("expires_at", "created_at_ms", "updated_at_ms"))
+    size += len("turn_count") + _NUMBER_BYTES + len("version") + _NUMBER_BYTES
+    size += len("customer_id") + len((meta.customer_id or "").encode("utf-8"))
+    size += len("last_turn_id") + len("floor_turn_id") + 2 * _TURN_ID_BYTES
+    size += len("page_context") + len(_JSON.encode(meta.page_context))
+    size += len("attributes") + len(_JSON.encode(meta.attributes))
+    if meta.summary is not None:
+        size += len("summary_text") + len(meta.summary.text.encode("utf-8"))
+        size += len("summary_through_turn_id") + _TURN_ID_BYTES
+        size += len("summary_created_at_ms") + len("summary_expires_at") + 2 * _NUMBER_BYTES
+    return size
+
+
+def _check_meta_size(meta: MetaRecord) -> None:
+    size = meta_item_bytes(meta)
+    if size > META_ITEM_LIMIT:
+        raise TurnTooLargeError(
+            f"META would encode to {size} bytes, over {META_ITEM_LIMIT}: "
+            "keep page_context, attributes and the summary smaller",
+            session_id=meta.session_id,
+        )
+
+
+def live_meta(meta: MetaRecord | None, now_s: int) -> MetaRecord | None:
+    """Return `meta` if the session is live at `now_s`, else None (expired reads as absent)."""
+    if meta is None or meta.expires_at <= now_s:
+        return None
+    return meta
+
+
+def check_owner(meta: MetaRecord, customer_id: str | None) -> None:
+    """Raise SessionOwnershipError if the session belongs to another customer."""
+    if customer_id is not None and meta.customer_id is not None and meta.customer_id != customer_id:
+        raise SessionOwnershipError(
+            "session belongs to another customer_id: no data was read or written; "
+            "check the session id the caller routed",
+            session_id=meta.session_id,
+        )
+
+
+def high_water(meta: MetaRecord) -> str:
+    """The newest turn id the session has issued (or its floor when it has no turns)."""
+    if meta.last_turn_id is not None and meta.last_turn_id > meta.floor_turn_id:
+        return meta.last_turn_id
+    return meta.floor_turn_id
+
+
+def _fresh_version(now_ms: int, current: MetaRecord | None) -> int:
+    # A new incarnation must never reuse a version of an old one (a stale writer's
+    # compare-and-set would then pass), so it starts from the clock plus randomness.
+    fresh = (now_ms << 20) | secrets.randbits(20)
+    return max(fresh, current.version + 1) if current is not None else fresh
+
+
+def _new_meta(
+    current: MetaRecord | None,
+    *,
+    session_id: str,
+    customer_id: str | None,
+    now_ms: int,
+    ttl_seconds: int,
+    ids: TurnIdGenerator,
+) -> MetaRecord:
+    floor = ids.next_ids(1, after=high_water(current) if current is not None else None)[0]
+    return MetaRecord(
+        session_id=session_id,
+        customer_id=customer_id,
+        created_at_ms=now_ms,
+        updated_at_ms=now_ms,
+        turn_count=0,
+        last_turn_id=None,
+        floor_turn_id=floor,
+        page_context={},
+        attributes={},
+        expires_at=now_ms // 1000 + ttl_seconds,
+        version=_fresh_version(now_ms, current),
+    )
+
+
+def _base_meta(
+    current: MetaRecord | None,
+    *,
+    session_id: str,
+    customer_id: str | None,
+    now_ms: int,
+    ttl_seconds: int,
+    ids: TurnIdGenerator,
+) -> tuple[MetaRecord, int | None]:
+    """The META a write starts from (live one or a new incarnation) and the expected version."""
+    live = live_meta(current, now_ms // 1000)
+    if live is None:
+        meta = _new_meta(
+            current,
+            session_id=session_id,
+            customer_id=customer_id,
+            now_ms=now_ms,
+            ttl_seconds=ttl_seconds,
+            ids=ids,
+        )
+        return meta, (current.version if current is not None else None)
+    check_owner(live, customer_id)
+    meta = msgspec.structs.replace(
+        live,
+        customer_id=live.customer_id if live.customer_id is not None else customer_id,
+        updated_at_ms=now_ms,
+        expires_at=now_ms // 1000 + ttl_seconds,
+        version=live.version + 1,
+    )
+    return meta, live.version
+
+
+def plan_append(
+    current: MetaRecord | None,
+    *,
+    session_id: str,
+    turns: Sequence[Turn],
+    customer_id: str | None,
+    now_ms: int,
+    ttl_seconds: int,
+    retention_seconds: int,
+    ids: TurnIdGenerator,
+) -> SessionWrite:
+    """Plan an append on top of `current` (None = believed absent): new ids, META, TURN items."""
+    meta, expected = _base_meta(
+        current,
+        session_id=session_id,
+        customer_id=customer_id,
+        now_ms=now_ms,
+        ttl_seconds=ttl_seconds,
+        ids=ids,
+    )
+    turn_ids = ids.next_ids(len(turns), after=high_water(meta))
+    physical_expiry = now_ms // 1000 + ttl_seconds + retention_seconds
+    records = [
+        TurnRecord(
+            turn_id=turn_id,
+            role=turn.role,
+            content=turn.content,
+            intent=turn.intent,
+            attributes=turn.attributes,
+            created_at_ms=now_ms,
+            expires_at=physical_expiry,
+        )
+        for turn_id, turn in zip(turn_ids, turns, strict=True)
+    ]
+    meta = msgspec.structs.replace(
+        meta, turn_count=meta.turn_count + len(records), last_turn_id=turn_ids[-1]
+    )
+    _check_meta_size(meta)
+    return SessionWrite(
+        meta=meta, expected_version=expected, now_s=now_ms // 1000, turns=records, summary=None
+    )
+
+
+def plan_update_meta(
+    current: MetaRecord | None,
+    *,
+    session_id: str,
+    page_context: dict[str, Any] | None,
+    attributes: dict[str, Any] | None,
+    customer_id: str | None,
+    now_ms: int,
+    ttl_seconds: int,
+    ids: TurnIdGenerator,
+) -> SessionWrite:
+    """Plan an update_meta: each given field replaced whole; creates the session if absent."""
+    meta, expected = _base_meta(
+        current,
+        session_id=session_id,
+        customer_id=customer_id,
+        now_ms=now_ms,
+        ttl_seconds=ttl_seconds,
+        ids=ids,
+    )
+    if page_context is not None:
+        meta = msgspec.structs.replace(meta, page_context=page_context)
+    if attributes is not None:
+        meta = msgspec.structs.replace(meta, attributes=attributes)
+    _check_meta_size(meta)
+    return SessionWrite(meta=meta, expected_version=expected, now_s=now_ms // 1000)
+
+
+def plan_summary(
+    current: MetaRecord,
+    *,
+    text: str,
+    through_turn_id: str,
+    customer_id: str | None,
+    now_ms: int,
+    ttl_seconds: int,
+    retention_seconds: int,
+    max_bytes: int,
+) -> SessionWrite:
+    """Plan a put_summary on a live session; META keeps the summary with the greatest through id."""
+    check_owner(current, customer_id)
+    sid = current.session_id
+    if not (current.floor_turn_id < through_turn_id and through_turn_id <= high_water(current)):
+        raise InvalidTurnError(
+            "through_turn_id is not a turn of this session (use an id from an AppendReceipt "
+            "or a loaded Context)",
+            session_id=sid,
+        )
+    if len(text.encode("utf-8")) > max_bytes:
+        raise TurnTooLargeError(f"summary is over max_turn_bytes={max_bytes}", session_id=sid)
+    summary = SummaryRecord(
+        text=text,
+        through_turn_id=through_turn_id,
+        created_at_ms=now_ms,
+        expires_at=now_ms // 1000 + ttl_seconds + retention_seconds,
+    )
+    newest = current.summary
+    keep_new = newest is None or through_turn_id >= newest.through_turn_id
+    meta = msgspec.structs.replace(
+        current,
+        updated_at_ms=now_ms,
+        expires_at=now_ms // 1000 + ttl_seconds,
+        version=current.version + 1,
+        summary=summary if keep_new else newest,
+    )
+    _check_meta_size(meta)
+    return SessionWrite(
+        meta=meta, expected_version=current.version, now_s=now_ms // 1000, summary=summary
+    )
+
+
+def plan_delete(current: MetaRecord, *, now_ms: int) -> SessionWrite:
+    """Plan the tombstone that makes a session invisible at once, before its items are purged."""
+    tombstone = msgspec.structs.replace(
+        current,
+        expires_at=min(current.expires_at, now_ms // 1000),
+        updated_at_ms=now_ms,
+        version=current.version + 1,
+        last_turn_id=high_water(current),
+    )
+    return SessionWrite(meta=tombstone, expected_version=current.version, now_s=now_ms // 1000)
+
+
+def visible_turns(meta: MetaRecord, page: Iterable[TurnRecord], now_s: int) -> list[TurnRecord]:
+    """Turns of `page` that belong to META's incarnation, are covered by it, and are unexpired."""
+    last = meta.last_turn_id or ""
+    return [
+        t
+        for t in page
+        if meta.floor_turn_id < t.turn_id and t.turn_id <= last and t.expires_at > now_s
+    ]
+
+
+def select_window(newest_first: list[TurnRecord], last_n: int, exhausted: bool) -> int | None:
+    """How many of the newest turns form the window, or None if an older page is needed.
+
+    Guarantee 9: a window never begins with a tool turn; its start moves back to the turn
+    that called the tool. Tool turns with no caller left in the session are dropped.
+    """
+    count = min(last_n, len(newest_first))
+    while count < len(newest_first) and newest_first[count - 1].role == "tool":
+        count += 1
+    if not exhausted and (len(newest_first) < last_n or newest_first[count - 1].role == "tool"):
+        return None
+    while count > 0 and newest_first[count - 1].role == "tool":
+        count -= 1
+    return count
+
+
+def to_public_turn(record: TurnRecord) -> Turn:
+    """The caller-facing Turn of a stored TURN item."""
+    return Turn(
+        role=record.role,  # type: ignore[arg-type]  # roles are validated on the way in
+        content=record.content,
+        intent=record.intent,
+        attributes=record.attributes,
+        turn_id=record.turn_id,
+        created_at_ms=record.created_at_ms,
+    )
+
+
+def to_public_meta(meta: MetaRecord) -> Meta:
+    """The caller-facing Meta of a stored META item."""
+    return Meta(
+        session_id=meta.session_id,
+        customer_id=meta.customer_id,
+        created_at_ms=meta.created_at_ms,
+        updated_at_ms=meta.updated_at_ms,
+        turn_count=meta.turn_count,
+        last_turn_id=meta.last_turn_id,
+        page_context=meta.page_context,
+        expires_at=meta.expires_at,
+        attributes=meta.attributes,
+    )
+
+
+def to_public_summary(meta: MetaRecord) -> Summary | None:
+    """The newest summary of this incarnation, if any."""
+    s = meta.summary
+    if s is None or s.through_turn_id <= meta.floor_turn_id:
+        return None
+    return Summary(text=s.text, through_turn_id=s.through_turn_id, created_at_ms=s.created_at_ms)
+
+
+def check_through_turn_id(through_turn_id: object, session_id: str) -> str:
+    """Return `through_turn_id` if it is a well-formed turn id; else InvalidTurnError."""
+    if is_turn_id(through_turn_id):
+        return through_turn_id  # type: ignore[return-value]  # is_turn_id checked the type
+    raise InvalidTurnError(
+        "through_turn_id must be a turn id from an AppendReceipt or a loaded Context",
+        session_id=session_id,
+    )

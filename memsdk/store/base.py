@@ -1,0 +1,146 @@
+"""The store protocol: five async methods and their error contract.
+
+A store keeps items of one logical table (DESIGN.md section 2):
+
+    PK = SESSION#<session_id>
+    SK = META | TURN#<turn_id> | SUMMARY#<through_turn_id>
+    expires_at (epoch seconds) on every item
+
+Stores only translate. Every rule (TTL, incarnations, ownership, turn ids, windows) lives
+in `memsdk.session` and `memsdk.client`, so that all stores behave alike and one
+conformance suite (tests/contract) proves it.
+
+Error contract, for every method:
+- transient failures (connection, timeout, throttling, 5xx) raise StoreUnavailableError,
+  with `maybe_applied=True` when a write may have reached the store;
+- anything else the store refuses raises StoreError;
+- no foreign exception (botocore, sqlite3, aiohttp) ever escapes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import msgspec
+
+__all__ = [
+    "CommitOutcome",
+    "MetaRecord",
+    "SessionWrite",
+    "Store",
+    "SummaryRecord",
+    "TurnRecord",
+]
+
+
+class TurnRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A TURN#<turn_id> item."""
+
+    turn_id: str
+    role: str
+    content: str
+    intent: str | None
+    attributes: dict[str, Any]
+    created_at_ms: int
+    expires_at: int
+
+
+class SummaryRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A SUMMARY#<through_turn_id> item (also copied into META when it is the newest)."""
+
+    text: str
+    through_turn_id: str
+    created_at_ms: int
+    expires_at: int
+
+
+class MetaRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """The META item: public session fields plus the bookkeeping the rules need.
+
+    `version` grows by one on every META write and is what conditional writes compare.
+    `floor_turn_id` is the incarnation floor: only turns and summaries with ids above it
+    belong to this incarnation of the session; leftovers of an expired one sit below it.
+    """
+
+    session_id: str
+    customer_id: str | None
+    created_at_ms: int
+    updated_at_ms: int
+    turn_count: int
+    last_turn_id: str | None
+    floor_turn_id: str
+    page_context: dict[str, Any]
+    attributes: dict[str, Any]
+    expires_at: int
+    version: int
+    summary: SummaryRecord | None = None
+
+
+class SessionWrite(msgspec.Struct, frozen=True, kw_only=True):
+    """One atomic, conditional write of a session: new TURN/SUMMARY items and the new META.
+
+    Applied only if the stored META still matches the expectation: `expected_version` is
+    the version the writer based `meta` on, or None for "META is absent or expired at
+    `now_s`" (a new session or a new incarnation). Nothing is written otherwise.
+    """
+
+    meta: MetaRecord
+    expected_version: int | None
+    now_s: int
+    turns: list[TurnRecord] = []
+    summary: SummaryRecord | None = None
+
+
+class CommitOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """Result of Store.commit.
+
+    applied=True: the write is in the store (now, or already from an earlier attempt whose
+    reply was lost: every TURN item of the write exists with identical content).
+    applied=False: the expectation failed and nothing was written; `current` is the stored
+    META (possibly expired) or None when there is none, or when the store could not say.
+    """
+
+    applied: bool
+    current: MetaRecord | None = None
+
+
+class Store(Protocol):
+    """The durable tier. Implementations: SQLiteStore, DynamoDBStore."""
+
+    @property
+    def description(self) -> str:
+        """A short, secret-free name for health() and logs, e.g. 'dynamodb:conversation_memory'."""
+        ...
+
+    async def open(self) -> None:
+        """Acquire connections; idempotent."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release every connection and thread; idempotent."""
+        ...
+
+    async def get_meta(self, session_id: str, *, consistent: bool) -> MetaRecord | None:
+        """Return the stored META item, expired or not, or None."""
+        ...
+
+    async def query_turns(
+        self, session_id: str, *, before_turn_id: str | None, limit: int, consistent: bool
+    ) -> list[TurnRecord]:
+        """Return up to `limit` TURN items newest first, all with ids < `before_turn_id` if given.
+
+        No filtering by expiry or incarnation: the caller does that, so that it can page on.
+        """
+        ...
+
+    async def commit(self, write: SessionWrite) -> CommitOutcome:
+        """Apply `write` atomically if the stored META matches its expectation."""
+        ...
+
+    async def purge_session(self, session_id: str, *, through_turn_id: str, version: int) -> None:
+        """Delete TURN/SUMMARY items with ids <= `through_turn_id`, then META if at `version`.
+
+        Called after META was tombstoned (expired) at `version`; must not touch items of a
+        newer incarnation created in the meantime.
+        """
+        ...

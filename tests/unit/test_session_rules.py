@@ -1,0 +1,105 @@
+"""The session rules without any store: windows, visibility, sizes, incarnations."""
+
+from __future__ import annotations
+
+import pytest
+
+from memsdk import Turn
+from memsdk.errors import InvalidSessionIdError, TurnTooLargeError
+from memsdk.ids import TurnIdGenerator
+from memsdk.session import (
+    high_water,
+    plan_append,
+    select_window,
+    turn_item_bytes,
+    validate_session_id,
+    validate_turns,
+    visible_turns,
+)
+from memsdk.store.base import TurnRecord
+
+
+def rec(i: int, role: str = "user", expires_at: int = 10**10) -> TurnRecord:
+    return TurnRecord(
+        turn_id=f"{1_700_000_000_000 + i:013d}000000000001",
+        role=role,
+        content=str(i),
+        intent=None,
+        attributes={},
+        created_at_ms=0,
+        expires_at=expires_at,
+    )
+
+
+def newest_first(roles: str) -> list[TurnRecord]:
+    """'uat' -> user, assistant, tool oldest->newest; returned newest first."""
+    names = {"u": "user", "a": "assistant", "t": "tool", "s": "system"}
+    return [rec(i, names[r]) for i, r in enumerate(roles)][::-1]
+
+
+@pytest.mark.parametrize(
+    ("roles", "last_n", "exhausted", "expected"),
+    [
+        ("uauaua", 3, False, 3),
+        ("uatta", 2, False, 4),  # window [t, a] starts with a tool: moves back to its caller
+        ("tta", 2, False, None),  # only tools before the window: need an older page
+        ("uatta", 3, False, 4),  # moves back to the assistant that called the tools
+        ("uatta", 3, True, 4),
+        ("ua", 5, False, None),  # short page, more may exist
+        ("ua", 5, True, 2),
+        ("tta", 5, True, 1),  # tool results with no caller anywhere: dropped
+        ("tt", 5, True, 0),
+        ("", 5, True, 0),
+    ],
+)
+def test_select_window(roles: str, last_n: int, exhausted: bool, expected: int | None) -> None:
+    assert select_window(newest_first(roles), last_n, exhausted) == expected
+
+
+def test_window_never_starts_with_tool() -> None:
+    for roles in ("uattatau", "atttttu", "uuuut", "tuuuu"):
+        turns = newest_first(roles)
+        for n in range(1, len(roles) + 1):
+            count = select_window(turns, n, True)
+            assert count is not None
+            if count:
+                assert turns[count - 1].role != "tool"
+
+
+def test_validate_session_id_does_not_echo_bad_input() -> None:
+    with pytest.raises(InvalidSessionIdError) as info:
+        validate_session_id("secret token with spaces")
+    assert "secret" not in str(info.value)
+
+
+def test_size_estimate_counts_utf8_bytes_not_characters() -> None:
+    t = Turn(role="user", content="€" * 1000)
+    assert turn_item_bytes("s", t, b"{}") >= 3000
+    with pytest.raises(TurnTooLargeError):
+        validate_turns("s", [Turn(role="user", content="€" * 1000)], max_turn_bytes=2_000)
+
+
+def test_visibility_floor_last_and_expiry() -> None:
+    ids = TurnIdGenerator(lambda: 1_700_000_000_000)
+    write = plan_append(
+        None,
+        session_id="s",
+        turns=[Turn(role="user", content="a"), Turn(role="user", content="b")],
+        customer_id=None,
+        now_ms=1_700_000_000_000,
+        ttl_seconds=60,
+        retention_seconds=600,
+        ids=ids,
+    )
+    meta = write.meta
+    assert meta.floor_turn_id < write.turns[0].turn_id
+    assert high_water(meta) == write.turns[-1].turn_id == meta.last_turn_id
+    old = rec(-5)  # below the floor: a leftover of an older incarnation
+    newer = TurnRecord(**{**_fields(write.turns[-1]), "turn_id": "9" * 13 + "0" * 12})
+    expired = TurnRecord(**{**_fields(write.turns[0]), "expires_at": 1})
+    page = [newer, write.turns[1], expired, old]
+    assert visible_turns(meta, page, now_s=1_700_000_000) == [write.turns[1]]
+
+
+def _fields(r: TurnRecord) -> dict[str, object]:
+    return {f: getattr(r, f) for f in r.__struct_fields__}
