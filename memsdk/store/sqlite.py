@@ -1,0 +1,362 @@
+"""SQLiteStore: the embedded store, one SQLite file holding the single-table model.
+
+Every sqlite3 call runs on one dedicated worker thread: the event loop never waits on the
+disk, and one thread serialises this process's transactions, so it never contends with
+itself (other processes may still hold the lock: that is what busy_timeout is for). The
+price: while a write waits up to busy_timeout for another process's lock, this process's
+reads queue behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+import msgspec
+
+from memsdk.errors import StoreError, StoreUnavailableError
+from memsdk.store.base import CommitOutcome, MetaRecord, SessionWrite, SummaryRecord, TurnRecord
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
+# Stored in PRAGMA user_version so that a future migration can tell what it opens.
+SCHEMA_VERSION = 1
+# Long enough to ride out another process's commit, short enough to report an outage.
+_BUSY_TIMEOUT_MS = 5000
+
+_META_SK = "META"
+_TURN_PREFIX = "TURN#"
+_SUMMARY_PREFIX = "SUMMARY#"
+# '$' is the character after '#': [TURN#, TURN$) holds exactly the keys starting with TURN#.
+_TURN_END = "TURN$"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    pk TEXT NOT NULL,
+    sk TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (pk, sk)
+) WITHOUT ROWID
+"""
+_UPSERT = (
+    "INSERT INTO items (pk, sk, expires_at, body) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (pk, sk) DO UPDATE SET expires_at = excluded.expires_at, body = excluded.body"
+)
+# Plain INSERT for turns: a turn is written once, never replaced.
+_INSERT = "INSERT INTO items (pk, sk, expires_at, body) VALUES (?, ?, ?, ?)"
+
+_encoder = msgspec.json.Encoder()
+_meta_decoder = msgspec.json.Decoder(type=MetaRecord)
+_turn_decoder = msgspec.json.Decoder(type=TurnRecord)
+
+_T = TypeVar("_T")
+# The only exceptions the worker thread may raise besides StoreError; all are translated.
+_FOREIGN_ERRORS = (sqlite3.Error, OSError, msgspec.MsgspecError)
+
+
+class SQLiteStore:
+    """The Store protocol on one SQLite file (or ':memory:'), WAL mode, synchronous=FULL."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def description(self) -> str:
+        """Always 'sqlite': the path is a machine detail and stays out of health() and logs."""
+        return "sqlite"
+
+    async def open(self) -> None:
+        """Open the file (created 0600 if missing), its connection and worker thread; idempotent."""
+        async with self._lock:
+            if self._conn is not None:
+                return
+            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memsdk-sqlite")
+            opening = executor.submit(_connect, self._path)
+            try:
+                conn = await asyncio.wrap_future(opening)
+            except BaseException as exc:
+                # Cancelled mid-connect, _connect may still finish: the single worker runs
+                # this cleanup after it, so the connection it opens does not leak.
+                executor.submit(_close_if_opened, opening)
+                executor.shutdown(wait=False)
+                if isinstance(exc, _FOREIGN_ERRORS):
+                    raise _translate(exc, "open the database", None) from exc
+                raise
+            self._executor, self._conn = executor, conn
+
+    async def aclose(self) -> None:
+        """Close the connection on its thread and let the thread exit; idempotent."""
+        async with self._lock:
+            executor, conn = self._executor, self._conn
+            if executor is None or conn is None:
+                return
+            self._executor, self._conn = None, None
+            try:
+                await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+            except _FOREIGN_ERRORS as exc:
+                raise _translate(exc, "close the database", None) from exc
+            finally:
+                executor.shutdown(wait=False)
+
+    async def get_meta(self, session_id: str, *, consistent: bool) -> MetaRecord | None:
+        """Return the stored META item, expired or not, or None."""
+        return await self._run(
+            "read META", session_id, functools.partial(_get_meta_sync, session_id=session_id)
+        )
+
+    async def query_turns(
+        self, session_id: str, *, before_turn_id: str | None, limit: int, consistent: bool
+    ) -> list[TurnRecord]:
+        """Return up to `limit` TURN items newest first, ids < `before_turn_id` if given."""
+        query = functools.partial(
+            _query_turns_sync, session_id=session_id, before_turn_id=before_turn_id, limit=limit
+        )
+        return await self._run("query turns", session_id, query)
+
+    async def commit(self, write: SessionWrite) -> CommitOutcome:
+        """Apply `write` in one transaction if the stored META matches its expectation."""
+        session_id = write.meta.session_id
+        return await self._run(
+            "commit a write", session_id, functools.partial(_commit_sync, write=write)
+        )
+
+    async def purge_session(self, session_id: str, *, through_turn_id: str, version: int) -> None:
+        """Delete TURN/SUMMARY items with ids <= `through_turn_id`, then META if at `version`."""
+        purge = functools.partial(
+            _purge_sync, session_id=session_id, through_turn_id=through_turn_id, version=version
+        )
+        await self._run("purge a session", session_id, purge)
+
+    async def _run(
+        self, action: str, session_id: str, call: Callable[[sqlite3.Connection], _T]
+    ) -> _T:
+        # No await between the check and the submission: aclose() cannot slip in between,
+        # and the FIFO worker runs this call before the close that aclose() queues later.
+        executor, conn = self._executor, self._conn
+        if executor is None or conn is None:
+            raise StoreError(
+                "store is not open: call open() first (or it was closed)", session_id=session_id
+            )
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, call, conn)
+        except _FOREIGN_ERRORS as exc:
+            raise _translate(exc, action, session_id) from exc
+
+
+def _translate(exc: BaseException, action: str, session_id: str | None) -> StoreError:
+    """Map an exception from the worker thread to the store error contract."""
+    if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+        # The transaction rolled back (or never began): nothing of a write was applied.
+        return StoreUnavailableError(
+            f"sqlite store could not {action}: the database is locked by another connection;"
+            " retry later",
+            session_id=session_id,
+            maybe_applied=False,
+        )
+    if isinstance(exc, sqlite3.Error):
+        return StoreError(
+            f"sqlite store could not {action}: {exc}; check the database file's permissions,"
+            " free disk space and integrity",
+            session_id=session_id,
+        )
+    if isinstance(exc, OSError):
+        return StoreError(
+            f"sqlite store could not {action}: {exc.strerror or exc}; check the database file"
+            " and its directory (permissions, free disk space)",
+            session_id=session_id,
+        )
+    # What remains is msgspec failing to decode a stored body (encoding is checked earlier).
+    return StoreError(
+        f"sqlite store could not {action}: a stored item is not a valid memsdk record"
+        f" ({exc}); the database is corrupt or was written by a newer memsdk",
+        session_id=session_id,
+    )
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        # Extended codes (e.g. SQLITE_BUSY_SNAPSHOT) carry the primary code in the low byte.
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    message = str(exc).lower()
+    return "locked" in message or "busy" in message
+
+
+# --- everything below runs on the worker thread ---------------------------------------
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    if path != ":memory:":
+        _create_private_file(path)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        _prepare(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _create_private_file(path: str) -> None:
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        raise StoreError(
+            f"sqlite store directory {directory!r} does not exist: create it first"
+            " (memsdk does not create directories)"
+        )
+    # Created here rather than by sqlite so that the file is private from its first byte;
+    # sqlite gives the -wal and -shm files the same mode. An existing file keeps its mode.
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+
+
+def _prepare(conn: sqlite3.Connection) -> None:
+    conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_MS)}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    with _transaction(conn):
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"sqlite store schema version {version} is newer than this memsdk supports"
+                f" ({SCHEMA_VERSION}): upgrade memsdk"
+            )
+        if version < SCHEMA_VERSION:
+            conn.execute(_SCHEMA)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _close_if_opened(opening: Future[sqlite3.Connection]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE; COMMIT on exit unless the body already rolled back; ROLLBACK on error."""
+    # IMMEDIATE takes the write lock up front: a read-then-write transaction can then never
+    # fail halfway with SQLITE_BUSY after reading state that another writer changes.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        if conn.in_transaction:
+            conn.execute("COMMIT")
+    except BaseException:
+        _rollback_quietly(conn)
+        raise
+
+
+def _rollback_quietly(conn: sqlite3.Connection) -> None:
+    # The error that brought us here is the one to report; should ROLLBACK fail too, sqlite
+    # still discards the uncommitted transaction when the connection closes.
+    with contextlib.suppress(sqlite3.Error):
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+
+def _pk(session_id: str) -> str:
+    return "SESSION#" + session_id
+
+
+def _read_meta(conn: sqlite3.Connection, pk: str) -> MetaRecord | None:
+    row = conn.execute("SELECT body FROM items WHERE pk = ? AND sk = ?", (pk, _META_SK)).fetchone()
+    return None if row is None else _meta_decoder.decode(row[0])
+
+
+def _get_meta_sync(conn: sqlite3.Connection, *, session_id: str) -> MetaRecord | None:
+    return _read_meta(conn, _pk(session_id))
+
+
+def _query_turns_sync(
+    conn: sqlite3.Connection, *, session_id: str, before_turn_id: str | None, limit: int
+) -> list[TurnRecord]:
+    upper = _TURN_END if before_turn_id is None else _TURN_PREFIX + before_turn_id
+    rows = conn.execute(
+        "SELECT body FROM items WHERE pk = ? AND sk >= ? AND sk < ? ORDER BY sk DESC LIMIT ?",
+        # A negative LIMIT means "no limit" to sqlite: clamp so it means "nothing" instead.
+        (_pk(session_id), _TURN_PREFIX, upper, max(limit, 0)),
+    ).fetchall()
+    return [_turn_decoder.decode(body) for (body,) in rows]
+
+
+def _expectation_holds(current: MetaRecord | None, write: SessionWrite) -> bool:
+    if write.expected_version is None:
+        return current is None or current.expires_at <= write.now_s
+    return current is not None and current.version == write.expected_version
+
+
+def _encode(record: MetaRecord | TurnRecord | SummaryRecord, write: SessionWrite) -> bytes:
+    try:
+        return _encoder.encode(record)
+    except (TypeError, msgspec.EncodeError) as exc:
+        # msgspec reports an unsupported value (an object, a tuple key) as TypeError.
+        raise StoreError(
+            f"sqlite store could not commit a write: it does not encode as JSON ({exc});"
+            " attribute values must be JSON types",
+            session_id=write.meta.session_id,
+        ) from exc
+
+
+def _commit_sync(conn: sqlite3.Connection, *, write: SessionWrite) -> CommitOutcome:
+    pk = _pk(write.meta.session_id)
+    # Encoded before BEGIN: the write lock is held no longer than the statements need.
+    turn_rows = [
+        (pk, _TURN_PREFIX + turn.turn_id, turn.expires_at, _encode(turn, write))
+        for turn in write.turns
+    ]
+    upserts = [(pk, _META_SK, write.meta.expires_at, _encode(write.meta, write))]
+    if write.summary is not None:
+        summary = write.summary
+        sk = _SUMMARY_PREFIX + summary.through_turn_id
+        upserts.append((pk, sk, summary.expires_at, _encode(summary, write)))
+
+    with _transaction(conn):
+        current = _read_meta(conn, pk)
+        landed = 0
+        for _, sk, _, body in turn_rows:
+            row = conn.execute(
+                "SELECT body FROM items WHERE pk = ? AND sk = ?", (pk, sk)
+            ).fetchone()
+            if row is None:
+                continue
+            # Compared as decoded records, so a JSON round trip of our own turn (a tuple
+            # becoming a list, key order) does not count as different content.
+            if _turn_decoder.decode(row[0]) != _turn_decoder.decode(body):
+                raise StoreError(
+                    f"turn id {sk[len(_TURN_PREFIX) :]} already exists with different content;"
+                    " turn ids must be unique: this is a memsdk bug, please report it",
+                    session_id=write.meta.session_id,
+                )
+            landed += 1
+        if turn_rows and landed == len(turn_rows):
+            # An earlier attempt of this very write landed and only its reply was lost.
+            conn.execute("ROLLBACK")
+            return CommitOutcome(applied=True)
+        if landed or not _expectation_holds(current, write):
+            conn.execute("ROLLBACK")
+            return CommitOutcome(applied=False, current=current)
+        conn.executemany(_UPSERT, upserts)
+        conn.executemany(_INSERT, turn_rows)
+    return CommitOutcome(applied=True)
+
+
+def _purge_sync(
+    conn: sqlite3.Connection, *, session_id: str, through_turn_id: str, version: int
+) -> None:
+    pk = _pk(session_id)
+    delete_range = "DELETE FROM items WHERE pk = ? AND sk >= ? AND sk <= ?"
+    with _transaction(conn):
+        conn.execute(delete_range, (pk, _TURN_PREFIX, _TURN_PREFIX + through_turn_id))
+        conn.execute(delete_range, (pk, _SUMMARY_PREFIX, _SUMMARY_PREFIX + through_turn_id))
+        current = _read_meta(conn, pk)
+        if current is not None and current.version == version:
+            conn.execute("DELETE FROM items WHERE pk = ? AND sk = ?", (pk, _META_SK))
