@@ -127,7 +127,7 @@ class Store(Protocol):
     async def query_turns(
         self, session_id: str, *, before_turn_id: str | None, limit: int, consistent: bool
     ) -> list[TurnRecord]:
-        """Return up to `limit` TURN items newest first, all with ids < `before_turn_id` if given.
+        """Return up to `limit` (>= 1) TURN items newest first, ids < `before_turn_id` if given.
 
         No filtering by expiry or incarnation: the caller does that, so that it can page on.
         """

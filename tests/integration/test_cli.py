@@ -1,0 +1,70 @@
+"""The `memsdk` command, run as a user runs it (a subprocess on the installed entry point)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from tests.harness.dynamodb_local import DynamoDBLocal
+
+
+def memsdk(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "memsdk", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_simulate_on_embedded_store_verifies_every_turn(tmp_path: Path) -> None:
+    out = memsdk(
+        "simulate", "--store", f"sqlite:///{tmp_path}/sim.db", "--duration", "2", "--sessions", "10"
+    )
+    assert out.returncode == 0, out.stderr
+    assert "verification OK" in out.stdout
+    assert "append_turns" in out.stdout and "load_context" in out.stdout
+
+
+def test_inspect_hides_content_unless_asked(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path}/sim.db"
+    assert memsdk("simulate", "--store", db, "--duration", "1", "--sessions", "1").returncode == 0
+    with closing(sqlite3.connect(tmp_path / "sim.db")) as conn:
+        pk, body = conn.execute(
+            "SELECT pk, body FROM items WHERE sk LIKE 'TURN#%' LIMIT 1"
+        ).fetchone()
+    sid = pk.removeprefix("SESSION#")
+    content = json.loads(body)["content"]
+    assert len(content) > 20
+    hidden = memsdk("inspect", "--store", db, sid)
+    assert hidden.returncode == 0, hidden.stderr
+    assert "turn_count" in hidden.stdout and " bytes" in hidden.stdout
+    assert content not in hidden.stdout
+    shown = memsdk("inspect", "--store", db, sid, "--show-content")
+    assert content in shown.stdout
+    assert memsdk("inspect", "--store", db, "no-such-session").returncode == 1
+
+
+def test_store_from_environment_and_errors(tmp_path: Path) -> None:
+    out = memsdk("inspect", "x", env={"MEMSDK_STORE": "nosuch://x"})
+    assert out.returncode == 1 and "ConfigError" in out.stderr
+    out = memsdk("create-table", "--store", f"sqlite:///{tmp_path}/x.db")
+    assert out.returncode == 2 and "dynamodb" in out.stderr
+
+
+@pytest.mark.dynamodb
+def test_create_table_is_idempotent(dynamodb_local: DynamoDBLocal) -> None:
+    url = f"dynamodb://memsdk-cli-table?region=us-east-1&endpoint={dynamodb_local.endpoint}"
+    first = memsdk("create-table", "--store", url)
+    assert first.returncode == 0, first.stderr
+    assert "created" in first.stdout
+    second = memsdk("create-table", "--store", url)
+    assert second.returncode == 0 and "already existed" in second.stdout
