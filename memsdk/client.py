@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -26,9 +27,11 @@ from memsdk.store.base import MetaRecord, SessionWrite, Store, TurnRecord
 
 __all__ = ["Clock", "MemoryClient", "SystemClock"]
 
-# Compare-and-set rounds before an append gives up; each lost round means another writer
-# committed to the same session in between, which at 3 req/s per session is rare.
-_MAX_COMMIT_ROUNDS = 8
+# Compare-and-set rounds before a write gives up; each lost round means another writer
+# committed to the same session in between (rare at 3 req/s per session). The real bound
+# is the call's deadline: rounds back off with jitter, up to _MAX_CONFLICT_BACKOFF_S.
+_MAX_COMMIT_ROUNDS = 64
+_MAX_CONFLICT_BACKOFF_S = 0.05
 # META hints let an append skip the read before its conditional write. Bounded by count;
 # a stale hint only costs one extra round trip (the store returns the current META).
 _MAX_META_HINTS = 10_000
@@ -414,6 +417,7 @@ class MemoryClient:
             async with asyncio.timeout(self._config.write_timeout):
                 current = self._meta_hints.get(session_id)
                 fresh = False
+                conflicts = 0
                 if current is None and read_first:
                     current, fresh = await self._store.get_meta(session_id, consistent=True), True
                 for _ in range(_MAX_COMMIT_ROUNDS):
@@ -434,6 +438,11 @@ class MemoryClient:
                         self._remember(session_id, write.meta)
                         return write
                     sent = False
+                    conflicts += 1
+                    if conflicts > 1:
+                        # Writers that keep colliding would otherwise retry in lockstep.
+                        cap = min(_MAX_CONFLICT_BACKOFF_S, 0.001 * 2**conflicts)
+                        await asyncio.sleep(random.uniform(0, cap))
                     current = await self._current_after_conflict(session_id, outcome.current)
                     fresh = True
                     self._remember(session_id, current)

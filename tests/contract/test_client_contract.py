@@ -116,7 +116,12 @@ async def test_tool_turn_never_starts_a_window(mem: MemoryClient) -> None:
     )
     ctx = await mem.load_context("sess-tool", last_n=3)
     # The newest 3 start with a tool result: the window moves back to the calling turn.
-    assert [t.content for t in ctx.turns] == ["calling search", "result 1", "result 2", "here you go"]
+    assert [t.content for t in ctx.turns] == [
+        "calling search",
+        "result 1",
+        "result 2",
+        "here you go",
+    ]
     assert ctx.turns[0].role == "assistant"
 
 
@@ -207,7 +212,19 @@ async def test_ownership_checked_by_a_client_with_no_hint(make_client: ClientFac
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "a" * 129, "has space", "slash/id", "../etc", "brace{x}", "nul\x00", "é", "tab\t", None, 42],
+    [
+        "",
+        "a" * 129,
+        "has space",
+        "slash/id",
+        "../etc",
+        "brace{x}",
+        "nul\x00",
+        "é",
+        "tab\t",
+        None,
+        42,
+    ],
 )
 async def test_invalid_session_ids_rejected_before_io(
     make_client: ClientFactory, store_url: str, bad: Any
@@ -351,9 +368,12 @@ async def test_delete_removes_items_from_the_store(
     await mem.put_summary("sess-purge", "s", through_turn_id=r.turn_ids[-1])
     await mem.delete_session("sess-purge")
     assert await counting.inner.get_meta("sess-purge", consistent=True) is None
-    assert await counting.inner.query_turns(
-        "sess-purge", before_turn_id=None, limit=100, consistent=True
-    ) == []
+    assert (
+        await counting.inner.query_turns(
+            "sess-purge", before_turn_id=None, limit=100, consistent=True
+        )
+        == []
+    )
 
 
 async def test_isolation_between_sessions(mem: MemoryClient) -> None:
@@ -441,7 +461,9 @@ json_values = st.recursive(
     | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
