@@ -89,7 +89,7 @@ async def _create_table(args: argparse.Namespace) -> int:
     if not isinstance(spec, DynamoDBStoreSpec):
         print("memsdk: create-table needs a dynamodb:// store URL", file=sys.stderr)
         return 2
-    from memsdk.store.dynamodb import create_table
+    from memsdk.store.dynamodb_aioboto3 import create_table
 
     created = await create_table(spec)
     state = "created" if created else "already existed"

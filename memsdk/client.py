@@ -63,13 +63,19 @@ def build_store(config: Config) -> Store:
     if isinstance(spec, DynamoDBStoreSpec):
         from memsdk.store.dynamodb import DynamoDBStore
 
-        return DynamoDBStore(
-            spec,
-            max_pool_connections=config.max_pool_connections,
-            connect_timeout=config.connect_timeout,
-            read_timeout=max(config.read_timeout, config.write_timeout),
-            max_attempts=config.store_max_attempts,
-        )
+        options: dict[str, Any] = {
+            "max_pool_connections": config.max_pool_connections,
+            "connect_timeout": config.connect_timeout,
+            "read_timeout": max(config.read_timeout, config.write_timeout),
+            "max_attempts": config.store_max_attempts,
+        }
+        if config.dynamodb_data_path == "aioboto3":
+            from memsdk.store.dynamodb_aioboto3 import Aioboto3DataPath
+
+            return DynamoDBStore(spec, Aioboto3DataPath(spec, **options))
+        from memsdk.store.dynamodb_lean import LeanDataPath
+
+        return DynamoDBStore(spec, LeanDataPath(spec, **options))
     raise ConfigError(f"unsupported store {type(spec).__name__}")
 
 

@@ -16,6 +16,8 @@ __all__ = ["Config", "Consistency", "DynamoDBStoreSpec", "SQLiteStoreSpec", "Sto
 
 Consistency = Literal["validated", "sticky", "strong"]
 _CONSISTENCY_MODES = ("validated", "sticky", "strong")
+DynamoDBDataPath = Literal["lean", "aioboto3"]
+_DATA_PATHS = ("lean", "aioboto3")
 
 # DynamoDB's item limit is 400 KB; the META update and key overhead need headroom.
 DYNAMODB_ITEM_LIMIT = 400 * 1024
@@ -145,6 +147,9 @@ class Config:
     max_pool_connections: int = 64
     connect_timeout: float = 1.0
     store_max_attempts: int = 2
+    # "lean": msgspec + aiohttp + botocore's SigV4 signer (~2.5x less CPU per call);
+    # "aioboto3": the reference client, for regions or features the lean path lacks.
+    dynamodb_data_path: DynamoDBDataPath = "lean"
     store_spec: StoreSpec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -165,6 +170,8 @@ class Config:
         _check_int("max_pool_connections", self.max_pool_connections, 1, 10_000)
         _check_float("connect_timeout", self.connect_timeout, 0.001, 600.0)
         _check_int("store_max_attempts", self.store_max_attempts, 1, 10)
+        if self.dynamodb_data_path not in _DATA_PATHS:
+            raise ConfigError(f"dynamodb_data_path must be one of {', '.join(_DATA_PATHS)}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Config:

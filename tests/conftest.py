@@ -54,12 +54,23 @@ def dynamodb_url(dynamodb_local: DynamoDBLocal) -> str:
     return new_dynamodb_table(dynamodb_local)
 
 
-@pytest.fixture(params=["sqlite", "dynamodb"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Every store memsdk ships, each on a fresh file or table: the contract suite runs on all."""
+@pytest.fixture(params=["sqlite", "dynamodb-lean", "dynamodb-aioboto3"])
+def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """Every store and data path memsdk ships, each on a fresh file or table, as Config kwargs.
+
+    The contract suite runs on all of them: one behaviour, whichever store answers.
+    """
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'memory.db'}"
-    return new_dynamodb_table(request.getfixturevalue("dynamodb_local"))
+        return {"store": f"sqlite:///{tmp_path / 'memory.db'}"}
+    url = new_dynamodb_table(request.getfixturevalue("dynamodb_local"))
+    return {"store": url, "dynamodb_data_path": request.param.removeprefix("dynamodb-")}
+
+
+@pytest.fixture
+def store_url(store_settings: dict[str, Any]) -> str:
+    """The store URL of this test's store."""
+    url: str = store_settings["store"]
+    return url
 
 
 @pytest.fixture
@@ -72,12 +83,14 @@ ClientFactory = Callable[..., Awaitable[MemoryClient]]
 
 
 @pytest.fixture
-async def make_client(store_url: str, clock: FakeClock) -> AsyncIterator[ClientFactory]:
+async def make_client(
+    store_settings: dict[str, Any], clock: FakeClock
+) -> AsyncIterator[ClientFactory]:
     """Open MemoryClients on the test's store (own clock or config overrides allowed)."""
     clients: list[MemoryClient] = []
 
     async def factory(*, clock_: Any = None, store: Any = None, **overrides: Any) -> MemoryClient:
-        settings: dict[str, Any] = {"store": store_url, **TEST_TIMEOUTS, **overrides}
+        settings: dict[str, Any] = {**store_settings, **TEST_TIMEOUTS, **overrides}
         client = MemoryClient(Config(**settings), clock=clock_ or clock, store=store)
         await client.open()
         clients.append(client)

@@ -1,7 +1,8 @@
 """Codec between the store records (memsdk.store.base) and DynamoDB items.
 
-Items are in DynamoDB's low-level JSON shape ({"S": "..."}, {"N": "123"}), the form both
-the aioboto3 client and a lean JSON-protocol client send and receive. Pure: no I/O, no boto.
+Requests are built as DynamoDB's low-level JSON shape ({"S": "..."}, {"N": "123"}), the form
+both the aioboto3 client and the lean JSON-protocol client send; replies are decoded into
+the typed Structs below. Pure: no I/O, no boto.
 
 Layout (single table, DESIGN.md section 2):
 
@@ -17,7 +18,7 @@ guarantee, and the bytes we count against the item cap are the bytes we store.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -30,19 +31,34 @@ __all__ = [
     "SUMMARY_PREFIX",
     "TURN_PREFIX",
     "AttributeValue",
+    "BatchWriteResponse",
+    "GetMetaResponse",
     "Item",
+    "KeyItem",
+    "MetaItem",
+    "QueryKeysResponse",
+    "QueryTurnsResponse",
+    "SummaryItem",
+    "TurnItem",
+    "WriteResponse",
+    "convert",
     "item_to_meta",
     "item_to_summary",
     "item_to_turn",
     "key",
+    "key_of",
     "meta_to_item",
     "pk",
     "summary_sk",
     "summary_to_item",
     "turn_sk",
     "turn_to_item",
+    "wire_to_meta",
+    "wire_to_summary",
+    "wire_to_turn",
 ]
 
+T = TypeVar("T")
 AttributeValue = dict[str, Any]
 Item = dict[str, AttributeValue]
 
@@ -104,36 +120,6 @@ def meta_to_item(meta: MetaRecord) -> Item:
     return item
 
 
-def item_to_meta(item: Item) -> MetaRecord:
-    """Decode a META item (session_id comes from PK)."""
-    session_id = _session_id(item)
-    try:
-        summary: SummaryRecord | None = None
-        if "summary_through_turn_id" in item:
-            summary = SummaryRecord(
-                text=_s(item, "summary_text"),
-                through_turn_id=_s(item, "summary_through_turn_id"),
-                created_at_ms=_int(item, "summary_created_at_ms"),
-                expires_at=_int(item, "summary_expires_at"),
-            )
-        return MetaRecord(
-            session_id=session_id,
-            customer_id=_opt_s(item, "customer_id"),
-            created_at_ms=_int(item, "created_at_ms"),
-            updated_at_ms=_int(item, "updated_at_ms"),
-            turn_count=_int(item, "turn_count"),
-            last_turn_id=_opt_s(item, "last_turn_id"),
-            floor_turn_id=_s(item, "floor_turn_id"),
-            page_context=_json_dict(item, "page_context"),
-            attributes=_json_dict(item, "attributes"),
-            expires_at=_int(item, "expires_at"),
-            version=_int(item, "version"),
-            summary=summary,
-        )
-    except _Malformed as exc:
-        raise _store_error("META", str(exc), session_id) from None
-
-
 def turn_to_item(session_id: str, turn: TurnRecord) -> Item:
     """Encode a TURN record of `session_id`."""
     item: Item = {
@@ -151,26 +137,6 @@ def turn_to_item(session_id: str, turn: TurnRecord) -> Item:
     return item
 
 
-def item_to_turn(item: Item) -> TurnRecord:
-    """Decode a TURN item (turn_id comes from SK)."""
-    session_id = _session_id(item)
-    try:
-        sk = _s(item, "SK")
-        if not sk.startswith(TURN_PREFIX):
-            raise _Malformed(f"sort key is not {TURN_PREFIX}<turn_id>")
-        return TurnRecord(
-            turn_id=sk[len(TURN_PREFIX) :],
-            role=_s(item, "role"),
-            content=_s(item, "content"),
-            intent=_opt_s(item, "intent"),
-            attributes=_json_dict(item, "attributes"),
-            created_at_ms=_int(item, "created_at_ms"),
-            expires_at=_int(item, "expires_at"),
-        )
-    except _Malformed as exc:
-        raise _store_error("TURN", str(exc), session_id) from None
-
-
 def summary_to_item(session_id: str, summary: SummaryRecord) -> Item:
     """Encode a SUMMARY record of `session_id`."""
     return {
@@ -182,25 +148,195 @@ def summary_to_item(session_id: str, summary: SummaryRecord) -> Item:
     }
 
 
-def item_to_summary(item: Item) -> SummaryRecord:
-    """Decode a SUMMARY item (through_turn_id comes from SK)."""
-    session_id = _session_id(item)
-    try:
-        sk = _s(item, "SK")
-        if not sk.startswith(SUMMARY_PREFIX):
-            raise _Malformed(f"sort key is not {SUMMARY_PREFIX}<turn_id>")
-        return SummaryRecord(
-            text=_s(item, "text"),
-            through_turn_id=sk[len(SUMMARY_PREFIX) :],
-            created_at_ms=_int(item, "created_at_ms"),
-            expires_at=_int(item, "expires_at"),
+# ---------------------------------------------------------------- decoding
+# Replies are decoded straight into these Structs (the lean path decodes the HTTP body
+# into them, the aioboto3 path converts botocore's dicts into them): one decoder for both,
+# typed, with no generic dict walking. Unknown attributes are ignored.
+
+
+class S(msgspec.Struct, frozen=True):
+    """A string attribute value: {"S": "..."}."""
+
+    S: str
+
+
+class N(msgspec.Struct, frozen=True):
+    """A number attribute value: {"N": "123"} (DynamoDB sends numbers as strings)."""
+
+    N: str
+
+
+class MetaItem(msgspec.Struct, frozen=True):
+    """A META item as DynamoDB returns it."""
+
+    PK: S
+    expires_at: N
+    created_at_ms: N
+    updated_at_ms: N
+    turn_count: N
+    floor_turn_id: S
+    page_context: S
+    attributes: S
+    version: N
+    customer_id: S | None = None
+    last_turn_id: S | None = None
+    summary_text: S | None = None
+    summary_through_turn_id: S | None = None
+    summary_created_at_ms: N | None = None
+    summary_expires_at: N | None = None
+
+
+class TurnItem(msgspec.Struct, frozen=True):
+    """A TURN item as DynamoDB returns it."""
+
+    PK: S
+    SK: S
+    expires_at: N
+    role: S
+    content: S
+    attributes: S
+    created_at_ms: N
+    intent: S | None = None
+
+
+class SummaryItem(msgspec.Struct, frozen=True):
+    """A SUMMARY item as DynamoDB returns it."""
+
+    PK: S
+    SK: S
+    expires_at: N
+    text: S
+    created_at_ms: N
+
+
+class KeyItem(msgspec.Struct, frozen=True):
+    """An item projected to its primary key."""
+
+    PK: S
+    SK: S
+
+
+class GetMetaResponse(msgspec.Struct, frozen=True):
+    """GetItem on META."""
+
+    Item: MetaItem | None = None
+
+
+class QueryTurnsResponse(msgspec.Struct, frozen=True):
+    """Query over TURN items."""
+
+    Items: list[TurnItem] = []
+    LastEvaluatedKey: KeyItem | None = None
+
+
+class QueryKeysResponse(msgspec.Struct, frozen=True):
+    """Query projected to keys."""
+
+    Items: list[KeyItem] = []
+    LastEvaluatedKey: KeyItem | None = None
+
+
+class WriteResponse(msgspec.Struct, frozen=True):
+    """PutItem, DeleteItem, TransactWriteItems: nothing memsdk reads."""
+
+
+class BatchWriteResponse(msgspec.Struct, frozen=True):
+    """BatchWriteItem: the requests DynamoDB did not process (throttled)."""
+
+    UnprocessedItems: dict[str, list[dict[str, Any]]] = {}
+
+
+def key_of(item: KeyItem) -> Item:
+    """A decoded key back in request form (ExclusiveStartKey, DeleteRequest)."""
+    return {"PK": {"S": item.PK.S}, "SK": {"S": item.SK.S}}
+
+
+def wire_to_meta(item: MetaItem) -> MetaRecord:
+    """Decode a META item (session_id comes from PK)."""
+    sid = _session_id(item.PK)
+    summary: SummaryRecord | None = None
+    if item.summary_through_turn_id is not None:
+        if (
+            item.summary_text is None
+            or item.summary_created_at_ms is None
+            or item.summary_expires_at is None
+        ):
+            raise _store_error("META", "summary attributes are incomplete", sid)
+        summary = SummaryRecord(
+            text=item.summary_text.S,
+            through_turn_id=item.summary_through_turn_id.S,
+            created_at_ms=_int(item.summary_created_at_ms, "summary_created_at_ms", sid),
+            expires_at=_int(item.summary_expires_at, "summary_expires_at", sid),
         )
-    except _Malformed as exc:
-        raise _store_error("SUMMARY", str(exc), session_id) from None
+    return MetaRecord(
+        session_id=sid,
+        customer_id=None if item.customer_id is None else item.customer_id.S,
+        created_at_ms=_int(item.created_at_ms, "created_at_ms", sid),
+        updated_at_ms=_int(item.updated_at_ms, "updated_at_ms", sid),
+        turn_count=_int(item.turn_count, "turn_count", sid),
+        last_turn_id=None if item.last_turn_id is None else item.last_turn_id.S,
+        floor_turn_id=item.floor_turn_id.S,
+        page_context=_json_dict(item.page_context, "page_context", sid),
+        attributes=_json_dict(item.attributes, "attributes", sid),
+        expires_at=_int(item.expires_at, "expires_at", sid),
+        version=_int(item.version, "version", sid),
+        summary=summary,
+    )
 
 
-class _Malformed(Exception):
-    """Internal: an attribute is missing or has the wrong type."""
+def wire_to_turn(item: TurnItem) -> TurnRecord:
+    """Decode a TURN item (turn_id comes from SK)."""
+    sid = _session_id(item.PK)
+    sk = item.SK.S
+    if not sk.startswith(TURN_PREFIX):
+        raise _store_error("TURN", f"sort key is not {TURN_PREFIX}<turn_id>", sid)
+    return TurnRecord(
+        turn_id=sk[len(TURN_PREFIX) :],
+        role=item.role.S,
+        content=item.content.S,
+        intent=None if item.intent is None else item.intent.S,
+        attributes=_json_dict(item.attributes, "attributes", sid),
+        created_at_ms=_int(item.created_at_ms, "created_at_ms", sid),
+        expires_at=_int(item.expires_at, "expires_at", sid),
+    )
+
+
+def wire_to_summary(item: SummaryItem) -> SummaryRecord:
+    """Decode a SUMMARY item (through_turn_id comes from SK)."""
+    sid = _session_id(item.PK)
+    sk = item.SK.S
+    if not sk.startswith(SUMMARY_PREFIX):
+        raise _store_error("SUMMARY", f"sort key is not {SUMMARY_PREFIX}<turn_id>", sid)
+    return SummaryRecord(
+        text=item.text.S,
+        through_turn_id=sk[len(SUMMARY_PREFIX) :],
+        created_at_ms=_int(item.created_at_ms, "created_at_ms", sid),
+        expires_at=_int(item.expires_at, "expires_at", sid),
+    )
+
+
+def convert(value: object, wire_type: type[T], kind: str) -> T:
+    """Convert botocore's dicts (or any builtins) into a wire Struct; StoreError if malformed."""
+    try:
+        return msgspec.convert(value, wire_type)
+    except msgspec.ValidationError as exc:
+        # msgspec names the path of the bad attribute, never its value.
+        raise _store_error(kind, str(exc), None) from None
+
+
+def item_to_meta(item: Item) -> MetaRecord:
+    """Decode a META item given as a dict."""
+    return wire_to_meta(convert(item, MetaItem, "META"))
+
+
+def item_to_turn(item: Item) -> TurnRecord:
+    """Decode a TURN item given as a dict."""
+    return wire_to_turn(convert(item, TurnItem, "TURN"))
+
+
+def item_to_summary(item: Item) -> SummaryRecord:
+    """Decode a SUMMARY item given as a dict."""
+    return wire_to_summary(convert(item, SummaryItem, "SUMMARY"))
 
 
 def _store_error(kind: str, detail: str, session_id: str | None) -> StoreError:
@@ -220,44 +356,22 @@ def _json(value: dict[str, Any]) -> str:
     return _json_encoder.encode(value).decode("utf-8")
 
 
-def _session_id(item: Item) -> str:
-    try:
-        value = _s(item, "PK")
-    except _Malformed as exc:
-        raise _store_error("session", str(exc), None) from None
+def _session_id(pk_value: S) -> str:
+    value = pk_value.S
     if not value.startswith(PK_PREFIX):
         raise _store_error("session", f"partition key is not {PK_PREFIX}<session_id>", None)
     return value[len(PK_PREFIX) :]
 
 
-def _s(item: Item, name: str) -> str:
-    attr = item.get(name)
-    value = attr.get("S") if isinstance(attr, dict) else None
-    if not isinstance(value, str):
-        raise _Malformed(f"attribute {name!r} is missing or not a string")
-    return value
-
-
-def _opt_s(item: Item, name: str) -> str | None:
-    if name not in item:
-        return None
-    return _s(item, name)
-
-
-def _int(item: Item, name: str) -> int:
-    attr = item.get(name)
-    value = attr.get("N") if isinstance(attr, dict) else None
-    if not isinstance(value, str):
-        raise _Malformed(f"attribute {name!r} is missing or not a number")
+def _int(value: N, name: str, session_id: str) -> int:
     try:
-        return int(value)
+        return int(value.N)
     except ValueError:
-        raise _Malformed(f"attribute {name!r} is not an integer") from None
+        raise _store_error("item", f"attribute {name!r} is not an integer", session_id) from None
 
 
-def _json_dict(item: Item, name: str) -> dict[str, Any]:
-    text = _s(item, name)
+def _json_dict(value: S, name: str, session_id: str) -> dict[str, Any]:
     try:
-        return _dict_decoder.decode(text)
+        return _dict_decoder.decode(value.S)
     except msgspec.DecodeError:
-        raise _Malformed(f"attribute {name!r} is not a JSON object") from None
+        raise _store_error("item", f"attribute {name!r} is not a JSON object", session_id) from None

@@ -89,9 +89,9 @@ async def test_last_n_window_and_override(mem: MemoryClient) -> None:
 
 
 async def test_thousand_turn_session_reads_only_newest_n(
-    make_client: ClientFactory, store_url: str
+    make_client: ClientFactory, store_settings: dict[str, Any]
 ) -> None:
-    counting = CountingStore(build_store(Config(store=store_url)))
+    counting = CountingStore(build_store(Config(**store_settings)))
     mem = await make_client(store=counting)
     for start in range(0, 1000, 50):
         await mem.append_turns("sess-k", [user(f"m{i}") for i in range(start, start + 50)])
@@ -227,9 +227,9 @@ async def test_ownership_checked_by_a_client_with_no_hint(make_client: ClientFac
     ],
 )
 async def test_invalid_session_ids_rejected_before_io(
-    make_client: ClientFactory, store_url: str, bad: Any
+    make_client: ClientFactory, store_settings: dict[str, Any], bad: Any
 ) -> None:
-    counting = CountingStore(build_store(Config(store=store_url)))
+    counting = CountingStore(build_store(Config(**store_settings)))
     mem = await make_client(store=counting)
     for call in (
         mem.load_context(bad),
@@ -250,9 +250,9 @@ async def test_valid_session_id_edge_cases(mem: MemoryClient) -> None:
 
 
 async def test_oversized_turn_refused_and_session_unchanged(
-    make_client: ClientFactory, store_url: str
+    make_client: ClientFactory, store_settings: dict[str, Any]
 ) -> None:
-    counting = CountingStore(build_store(Config(store=store_url)))
+    counting = CountingStore(build_store(Config(**store_settings)))
     mem = await make_client(store=counting)
     await mem.append_turn("sess-big", user("small"))
     counting.reset()
@@ -360,9 +360,9 @@ async def test_delete_session(mem: MemoryClient) -> None:
 
 
 async def test_delete_removes_items_from_the_store(
-    make_client: ClientFactory, store_url: str
+    make_client: ClientFactory, store_settings: dict[str, Any]
 ) -> None:
-    counting = CountingStore(build_store(Config(store=store_url)))
+    counting = CountingStore(build_store(Config(**store_settings)))
     mem = await make_client(store=counting)
     r = await mem.append_turns("sess-purge", [user(f"m{i}") for i in range(30)])
     await mem.put_summary("sess-purge", "s", through_turn_id=r.turn_ids[-1])
@@ -442,13 +442,14 @@ async def test_health_and_flush(mem: MemoryClient, store_url: str) -> None:
     await mem.flush()
     await mem.flush(timeout=1.0)
     h = mem.health()
-    assert h.open and h.store == ("sqlite" if store_url.startswith("sqlite") else h.store)
+    expected = "sqlite" if store_url.startswith("sqlite") else "dynamodb:memsdk-test-"
+    assert h.open and h.store.startswith(expected)
     assert h.store_breaker == "off" and h.redis_breaker == "off"
     assert h.wal_pending_records == 0 and h.l1_max_bytes == mem.config.l1_max_bytes
 
 
-async def test_async_context_manager(store_url: str) -> None:
-    async with MemoryClient(Config(store=store_url, **TEST_TIMEOUTS)) as mem:
+async def test_async_context_manager(store_settings: dict[str, Any]) -> None:
+    async with MemoryClient(Config(**store_settings, **TEST_TIMEOUTS)) as mem:
         await mem.append_turn("sess-cm", user("x"))
         assert len((await mem.load_context("sess-cm")).turns) == 1
     with pytest.raises(errors.ClientClosedError):

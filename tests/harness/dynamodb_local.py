@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from memsdk.config import DynamoDBStoreSpec
-from memsdk.store.dynamodb import create_table
+from memsdk.store.dynamodb_aioboto3 import create_table
 
 __all__ = ["DynamoDBLocal", "aws_test_env", "create_test_table", "free_port"]
 

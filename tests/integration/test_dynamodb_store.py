@@ -17,7 +17,8 @@ from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeou
 from memsdk.config import DynamoDBStoreSpec
 from memsdk.errors import StoreError, StoreUnavailableError
 from memsdk.store.base import MetaRecord, SessionWrite, SummaryRecord, TurnRecord
-from memsdk.store.dynamodb import DynamoDBStore, _Guard, create_table
+from memsdk.store.dynamodb import DynamoDBStore
+from memsdk.store.dynamodb_aioboto3 import Aioboto3DataPath, _Guard, create_table
 from memsdk.store.dynamodb_items import (
     item_to_meta,
     item_to_summary,
@@ -27,6 +28,7 @@ from memsdk.store.dynamodb_items import (
     summary_to_item,
     turn_to_item,
 )
+from memsdk.store.dynamodb_path import CancellationReason
 from tests.harness.dynamodb_local import DynamoDBLocal, free_port
 
 pytestmark = pytest.mark.dynamodb
@@ -104,13 +106,14 @@ def make_write(
 def new_store(
     spec: DynamoDBStoreSpec, *, max_attempts: int = 2, timeout: float = 5.0
 ) -> DynamoDBStore:
-    return DynamoDBStore(
+    path = Aioboto3DataPath(
         spec,
         max_pool_connections=8,
         connect_timeout=timeout,
         read_timeout=timeout,
         max_attempts=max_attempts,
     )
+    return DynamoDBStore(spec, path)
 
 
 @pytest.fixture
@@ -556,17 +559,18 @@ def test_cancellation_reasons_conflict_and_throttle() -> None:
     """DynamoDB Local never raises TransactionConflict or throttles: feed the reasons in."""
     s = new_store(DynamoDBStoreSpec(table="memsdk-x", region="us-east-1", endpoint=None))
     write = make_write(make_meta(2), 1, [make_turn(1)])
-    none = {"Code": "None"}
-    outcome = s._cancelled(write, [{"Code": "TransactionConflict"}, none], ambiguous=False)
+    none = CancellationReason(Code="None")
+    conflict = CancellationReason(Code="TransactionConflict")
+    outcome = s._cancelled(write, [conflict, none], ambiguous=False)
     assert not outcome.applied and outcome.current is None
     with pytest.raises(StoreUnavailableError) as info:
-        s._cancelled(write, [none, {"Code": "TransactionConflict"}], ambiguous=True)
+        s._cancelled(write, [none, conflict], ambiguous=True)
     assert info.value.maybe_applied is True
     with pytest.raises(StoreUnavailableError) as info:
-        s._cancelled(write, [{"Code": "ThrottlingError"}, none], ambiguous=False)
+        s._cancelled(write, [CancellationReason(Code="ThrottlingError"), none], ambiguous=False)
     assert info.value.maybe_applied is False
     with pytest.raises(StoreError, match="ValidationError"):
-        s._cancelled(write, [{"Code": "ValidationError"}, none], ambiguous=False)
+        s._cancelled(write, [CancellationReason(Code="ValidationError"), none], ambiguous=False)
 
 
 async def test_store_must_be_open(ddb_spec: DynamoDBStoreSpec) -> None:
