@@ -213,11 +213,11 @@ class _Guard:
         sid = self._session_id
         table = self._table
         if isinstance(exc, ClientError):
+            error = _call_error(self._op, exc)
+            # The final attempt's 5xx counts too: the hook may not have seen it.
+            ambiguous = self._state.ambiguous or error.kind == "server"
             return to_store_error(
-                _call_error(self._op, exc),
-                table=table,
-                session_id=sid,
-                maybe_applied=self._write and self._state.ambiguous,
+                error, table=table, session_id=sid, maybe_applied=self._write and ambiguous
             )
         if isinstance(exc, BotoConnectionError | HTTPClientError):
             if _not_sent(exc):

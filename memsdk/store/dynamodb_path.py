@@ -168,7 +168,7 @@ def to_store_error(
         return StoreUnavailableError(
             f"{what} failed ({exc.code}); retry later",
             session_id=session_id,
-            maybe_applied=maybe_applied or exc.kind == "server",
+            maybe_applied=maybe_applied,
         )
     if exc.kind == "not_found":
         return StoreError(
