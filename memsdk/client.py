@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
 from memsdk import session as rules
+from memsdk.cache.base import MetaCache, MetaCacheStats
+from memsdk.cache.lru import CachedWindow, ContextCache, turn_size
 from memsdk.config import Config, DynamoDBStoreSpec, SQLiteStoreSpec
 from memsdk.errors import (
     ClientClosedError,
@@ -32,9 +33,13 @@ __all__ = ["Clock", "MemoryClient", "SystemClock"]
 # is the call's deadline: rounds back off with jitter, up to _MAX_CONFLICT_BACKOFF_S.
 _MAX_COMMIT_ROUNDS = 64
 _MAX_CONFLICT_BACKOFF_S = 0.05
-# META hints let an append skip the read before its conditional write. Bounded by count;
-# a stale hint only costs one extra round trip (the store returns the current META).
-_MAX_META_HINTS = 10_000
+# L1 keeps this many turns beyond last_n, so a window moved back over tool results
+# (guarantee 9) is still served from memory.
+_TOOL_SLACK = 8
+# Best-effort cache work (read-through fills, repairs) never queues without bound.
+_MAX_BACKGROUND_TASKS = 1_000
+# After a failed write-through, Redis may hold an older META: keep trying to drop it.
+_L2_REPAIR_DELAYS_S = (0.05, 0.2, 1.0, 5.0, 15.0, 30.0)
 
 
 class Clock(Protocol):
@@ -79,6 +84,22 @@ def build_store(config: Config) -> Store:
     raise ConfigError(f"unsupported store {type(spec).__name__}")
 
 
+def build_meta_cache(config: Config) -> MetaCache | None:
+    """The Redis META cache a Config names, or None (imports redis-py only when asked)."""
+    if config.redis_url is None:
+        return None
+    try:
+        from memsdk.cache.redis import RedisMetaCache
+    except ImportError as exc:  # the `redis` extra is not installed
+        raise ConfigError("redis_url needs redis-py: pip install 'memsdk[redis]'") from exc
+    return RedisMetaCache(
+        config.redis_url,
+        timeout=config.redis_timeout,
+        connect_timeout=config.redis_timeout * 2,
+        tombstone_ttl_seconds=min(config.ttl_seconds, 3_600),
+    )
+
+
 class MemoryClient:
     """Conversation memory for one orchestrator process; use as `async with MemoryClient(cfg)`."""
 
@@ -88,16 +109,18 @@ class MemoryClient:
         *,
         store: Store | None = None,
         clock: Clock | None = None,
+        meta_cache: MetaCache | None = None,
     ) -> None:
         self._config = config if config is not None else Config()
-        if self._config.redis_url is not None:
-            raise ConfigError("redis_url is not supported by this release yet: leave it None")
         if self._config.wal_dir is not None:
             raise ConfigError("wal_dir is not supported by this release yet: leave it None")
         self._store = store if store is not None else build_store(self._config)
+        self._l2 = meta_cache if meta_cache is not None else build_meta_cache(self._config)
+        self._l1 = ContextCache(self._config.l1_max_bytes)
+        self._depth = self._config.last_n + _TOOL_SLACK
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._ids = TurnIdGenerator(self._clock.time_ms)
-        self._meta_hints: OrderedDict[str, MetaRecord] = OrderedDict()
+        self._background: set[asyncio.Future[Any]] = set()
         self._state = "new"
 
     @property
@@ -111,12 +134,22 @@ class MemoryClient:
             raise ClientClosedError("this MemoryClient was closed: create a new one")
         if self._state == "new":
             await self._store.open()
+            if self._l2 is not None:
+                await self._l2.open()
             self._state = "open"
 
     async def aclose(self) -> None:
         """Release connections and threads; safe to call twice."""
         if self._state == "open":
             self._state = "closed"
+            if self._background:
+                # Cache repairs are best effort: give them a moment, then let them go.
+                _, pending = await asyncio.wait(self._background, timeout=1.0)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+            if self._l2 is not None:
+                await self._l2.aclose()
             await self._store.aclose()
         self._state = "closed"
 
@@ -151,39 +184,105 @@ class MemoryClient:
                 "last_n must be an integer in [1, 10000]", session_id=session_id
             )
         self._check_open()
-        try:
-            async with asyncio.timeout(self._config.read_timeout):
-                meta, turns = await self._read_window(session_id, window)
-        except TimeoutError as exc:
-            raise StoreUnavailableError(
-                f"load_context exceeded read_timeout={self._config.read_timeout}s; retry later",
-                session_id=session_id,
-            ) from exc
-        if meta is None:
+        ctx: Context | None = None
+        if self._config.consistency == "sticky":
+            # Sticky routing: this process saw every write of the session; trust L1.
+            cached = self._l1.get(session_id)
+            if cached is not None:
+                ctx = self._serve_cached(cached, cached.meta, window, "l1")
+        if ctx is None:
+            try:
+                async with asyncio.timeout(self._config.read_timeout):
+                    ctx = await self._load(session_id, window)
+            except TimeoutError as exc:
+                raise StoreUnavailableError(
+                    f"load_context exceeded read_timeout={self._config.read_timeout}s; retry later",
+                    session_id=session_id,
+                ) from exc
+        if ctx.meta is None:
             if expect_existing:
                 raise ContextLostError(
                     "session is absent (expired, deleted or never written): start a new "
                     "conversation or rebuild it from your own records",
                     session_id=session_id,
                 )
-            return Context(session_id=session_id, meta=None, turns=[], summary=None)
-        rules.check_owner(meta, customer_id)
+            return ctx
+        rules.check_owner(ctx.meta, customer_id)
+        return ctx
+
+    def _serve_cached(
+        self, cached: CachedWindow, meta: MetaRecord, last_n: int, source: str
+    ) -> Context | None:
+        """The context from L1 if its turns are exactly those `meta` describes; else None."""
+        now_s = self._clock.time_ms() // 1000
+        if rules.live_meta(meta, now_s) is None:
+            self._l1.pop(meta.session_id)
+            return Context(session_id=meta.session_id, meta=None, turns=[], summary=None)
+        newest_first = cached.newest_first
+        if newest_first is None or not cached.same_stamp(meta):
+            return None
+        count = rules.select_window(newest_first, last_n, cached.complete)
+        if count is None:
+            return None
+        self._l1.hits += 1
+        if meta.version != cached.meta.version:
+            # Same turns, newer META (page_context, summary): keep L1 current.
+            cached = self._cache_window(meta, newest_first, cached.complete, cached.turn_bytes)
+        turns = list(newest_first[:count])
+        turns.reverse()
         return Context(
-            session_id=session_id,
-            meta=rules.to_public_meta(meta),
-            turns=[rules.to_public_turn(t) for t in turns],
-            summary=rules.to_public_summary(meta),
-            source="store",
+            session_id=meta.session_id,
+            meta=cached.public_meta,
+            turns=turns,
+            summary=cached.summary,
+            source=source,
         )
 
-    async def _read_window(
-        self, session_id: str, last_n: int
-    ) -> tuple[MetaRecord | None, list[TurnRecord]]:
-        """META and the window of turns oldest first; META and the first page go out together."""
+    async def _load(self, session_id: str, last_n: int) -> Context:
+        """Validate L1 against a trusted META (Redis, else the store) or read the store."""
+        cached = self._l1.get(session_id)
+        if self._config.consistency == "validated":
+            meta, source = await self._trusted_meta(session_id, cached)
+            if source is not None:
+                if cached is not None and meta is not None:
+                    ctx = self._serve_cached(cached, meta, last_n, f"l1+{source}")
+                    if ctx is not None:
+                        return ctx
+                self._l1.misses += 1
+                if rules.live_meta(meta, self._clock.time_ms() // 1000) is None:
+                    self._l1.pop(session_id)
+                    return Context(session_id=session_id, meta=None, turns=[], summary=None)
+                assert meta is not None
+                newest_first, complete = await self._read_turns(session_id, meta, last_n)
+                return self._answer(meta, newest_first, complete, last_n, source)
+        self._l1.misses += 1
+        return await self._read_store(session_id, last_n)
+
+    async def _trusted_meta(
+        self, session_id: str, cached: CachedWindow | None
+    ) -> tuple[MetaRecord | None, str | None]:
+        """A META that validated mode may trust, and where it came from (None: not looked up).
+
+        Redis first. If Redis is behind what this process itself wrote, or missed, and L1
+        has turns worth validating, a consistent GetItem on META; otherwise nothing, and
+        the caller reads META and turns together.
+        """
+        if self._l2 is not None:
+            meta = await self._l2.get(session_id)
+            if meta is not None and (cached is None or cached.meta.version <= meta.version):
+                return meta, "redis"
+        if cached is None or cached.newest_first is None:
+            return None, None
+        meta = await self._store.get_meta(session_id, consistent=True)
+        if meta is not None:
+            self._fill_l2(meta)
+        return meta, "store"
+
+    async def _read_store(self, session_id: str, last_n: int) -> Context:
+        """Read META and the first page of turns together; fill L1 and Redis."""
         strong = self._config.consistency == "strong"
-        meta_consistent = self._config.consistency != "sticky"
         meta_task = asyncio.ensure_future(
-            self._store.get_meta(session_id, consistent=meta_consistent)
+            self._store.get_meta(session_id, consistent=self._config.consistency != "sticky")
         )
         try:
             page = await self._store.query_turns(
@@ -193,19 +292,38 @@ class MemoryClient:
         finally:
             if not meta_task.done():
                 meta_task.cancel()
-        now_s = self._clock.time_ms() // 1000
-        self._remember(session_id, stored)
-        meta = rules.live_meta(stored, now_s)
+        if stored is not None:
+            self._fill_l2(stored)
+        meta = rules.live_meta(stored, self._clock.time_ms() // 1000)
         if meta is None:
-            return None, []
+            self._l1.pop(session_id)
+            return Context(session_id=session_id, meta=None, turns=[], summary=None)
+        newest_first, complete = await self._read_turns(session_id, meta, last_n, page=page)
+        return self._answer(meta, newest_first, complete, last_n, "store")
+
+    async def _read_turns(
+        self,
+        session_id: str,
+        meta: MetaRecord,
+        last_n: int,
+        *,
+        page: list[TurnRecord] | None = None,
+    ) -> tuple[list[TurnRecord], bool]:
+        """The visible turns of `meta`'s window, newest first, and whether that is all of them."""
+        strong = self._config.consistency == "strong"
+        if page is None:
+            page = await self._store.query_turns(
+                session_id, before_turn_id=None, limit=last_n, consistent=strong
+            )
         if not strong and meta.last_turn_id and (not page or page[0].turn_id < meta.last_turn_id):
-            # An eventually consistent Query lagged behind the consistent META: read again.
+            # An eventually consistent Query lagged behind the trusted META: read again.
             page = await self._store.query_turns(
                 session_id, before_turn_id=None, limit=last_n, consistent=True
             )
+        now_s = self._clock.time_ms() // 1000
         newest_first = rules.visible_turns(meta, page, now_s)
         exhausted = len(page) < last_n or (bool(page) and page[-1].turn_id <= meta.floor_turn_id)
-        while (count := rules.select_window(newest_first, last_n, exhausted)) is None:
+        while rules.select_window(newest_first, last_n, exhausted) is None:
             before = page[-1].turn_id
             limit = max(last_n - len(newest_first), 1) + 4
             page = await self._store.query_turns(
@@ -213,9 +331,61 @@ class MemoryClient:
             )
             newest_first.extend(rules.visible_turns(meta, page, now_s))
             exhausted = len(page) < limit or (bool(page) and page[-1].turn_id <= meta.floor_turn_id)
-        window = newest_first[:count]
+        # `exhausted`: we read down to the floor, so these are all the visible turns.
+        return newest_first, exhausted
+
+    def _answer(
+        self,
+        meta: MetaRecord,
+        newest_first: list[TurnRecord],
+        complete: bool,
+        last_n: int,
+        source: str,
+    ) -> Context:
+        """Cache what the store said and build the Context."""
+        turns = tuple(rules.to_public_turn(t) for t in newest_first)
+        count = rules.select_window(turns, last_n, complete)
+        assert count is not None  # _read_turns read until the window was whole
+        entry = self._cache_window(meta, turns, complete, None)
+        window = list(turns[:count])
         window.reverse()
-        return meta, window
+        return Context(
+            session_id=meta.session_id,
+            meta=entry.public_meta,
+            turns=window,
+            summary=entry.summary,
+            source=source,
+        )
+
+    def _cache_window(
+        self,
+        meta: MetaRecord,
+        newest_first: tuple[Turn, ...] | None,
+        complete: bool,
+        turn_bytes: tuple[int, ...] | None,
+    ) -> CachedWindow:
+        """Put a window in L1 and return it (a transient one if it exceeds the L1 budget)."""
+        public_meta = rules.to_public_meta(meta)
+        summary = rules.to_public_summary(meta)
+        entry = self._l1.put(
+            meta.session_id,
+            meta,
+            public_meta,
+            summary,
+            newest_first,
+            complete=complete,
+            depth=self._depth,
+            turn_bytes=turn_bytes,
+        )
+        if entry is None:
+            return CachedWindow(
+                meta=meta,
+                public_meta=public_meta,
+                summary=summary,
+                newest_first=newest_first,
+                complete=complete,
+            )
+        return entry
 
     # ----------------------------------------------------------------- writes
 
@@ -340,7 +510,7 @@ class MemoryClient:
                 maybe_applied=True,
             ) from exc
         finally:
-            self._meta_hints.pop(session_id, None)
+            self._l1.pop(session_id)
 
     async def _delete(self, session_id: str, customer_id: str | None) -> None:
         current = await self._store.get_meta(session_id, consistent=True)
@@ -353,6 +523,9 @@ class MemoryClient:
             write = rules.plan_delete(current, now_ms=now_ms)
             outcome = await self._store.commit(write)
             if outcome.applied:
+                # The tombstone goes to Redis before the purge: other processes see the
+                # session absent from now on, and no stale fill can revive it.
+                await self._write_through(write.meta)
                 await self._store.purge_session(
                     session_id,
                     through_turn_id=rules.high_water(write.meta),
@@ -371,18 +544,27 @@ class MemoryClient:
 
     def health(self) -> Health:
         """A no-I/O snapshot of breakers, caches and the write-ahead log."""
+        l1 = self._l1.stats()
+        l2 = self._l2.stats() if self._l2 is not None else MetaCacheStats()
         return Health(
             store=self._store.description,
             store_breaker="off",
             redis_breaker="off",
-            l1_entries=0,
-            l1_bytes=0,
-            l1_max_bytes=self._config.l1_max_bytes,
+            l1_entries=l1.entries,
+            l1_bytes=l1.bytes,
+            l1_max_bytes=l1.max_bytes,
             wal_pending_records=0,
             wal_pending_bytes=0,
             wal_oldest_pending_age_s=None,
             open=self._state == "open",
             consistency=self._config.consistency,
+            redis=self._l2.description if self._l2 is not None else None,
+            l1_hits=l1.hits,
+            l1_misses=l1.misses,
+            l1_evictions=l1.evictions,
+            redis_hits=l2.hits,
+            redis_misses=l2.misses,
+            redis_errors=l2.errors,
         )
 
     # ---------------------------------------------------------------- helpers
@@ -394,13 +576,67 @@ class MemoryClient:
             )
 
     def _remember(self, session_id: str, meta: MetaRecord | None) -> None:
+        """Keep the newest META a store call revealed (a hint for the next write)."""
         if meta is None:
-            self._meta_hints.pop(session_id, None)
+            self._l1.pop(session_id)
             return
-        self._meta_hints[session_id] = meta
-        self._meta_hints.move_to_end(session_id)
-        if len(self._meta_hints) > _MAX_META_HINTS:
-            self._meta_hints.popitem(last=False)
+        cached = self._l1.get(session_id)
+        if cached is not None and cached.newest_first is not None and cached.same_stamp(meta):
+            self._cache_window(meta, cached.newest_first, cached.complete, cached.turn_bytes)
+        else:
+            self._cache_window(meta, None, False, None)
+
+    def _after_write(self, write: SessionWrite) -> None:
+        """Move L1 to what this process just committed, so the next read needs no I/O."""
+        meta = write.meta
+        cached = self._l1.get(meta.session_id)
+        new = tuple(rules.to_public_turn(t) for t in reversed(write.turns))
+        sizes = tuple(turn_size(t) for t in new)
+        if (
+            cached is not None
+            and cached.newest_first is not None
+            and cached.meta.version == write.expected_version
+            and cached.meta.floor_turn_id == meta.floor_turn_id
+        ):
+            # L1 held exactly the META this write was based on: extend its window.
+            self._cache_window(
+                meta, new + cached.newest_first, cached.complete, sizes + cached.turn_bytes
+            )
+        elif meta.turn_count == len(write.turns):
+            # The write holds every turn of the incarnation (a new or empty session).
+            self._cache_window(meta, new, True, sizes)
+        else:
+            self._cache_window(meta, None, False, None)
+
+    async def _write_through(self, meta: MetaRecord) -> None:
+        """Put a committed META in Redis before the write is acknowledged (guarantee 5)."""
+        if self._l2 is None:
+            return
+        if not await self._l2.put(meta, now_s=self._clock.time_ms() // 1000):
+            # Refused as older than what Redis holds (fine), or Redis trouble: then Redis
+            # may hold an older META than the one just acknowledged. Drop it, retrying in
+            # the background, so validated reads fall back to the store.
+            self._spawn(self._repair_l2(meta.session_id))
+
+    async def _repair_l2(self, session_id: str) -> None:
+        assert self._l2 is not None
+        for delay in _L2_REPAIR_DELAYS_S:
+            if await self._l2.invalidate(session_id):
+                return
+            await asyncio.sleep(delay)
+
+    def _fill_l2(self, meta: MetaRecord) -> None:
+        """Read-through: offer a META read from the store to Redis, off the caller's path."""
+        if self._l2 is not None:
+            self._spawn(self._l2.put(meta, now_s=self._clock.time_ms() // 1000))
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        if len(self._background) >= _MAX_BACKGROUND_TASKS:
+            work.close()  # shed best-effort cache work rather than queue it without bound
+            return
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _current_after_conflict(
         self, session_id: str, reported: MetaRecord | None
@@ -421,7 +657,8 @@ class MemoryClient:
         sent = False
         try:
             async with asyncio.timeout(self._config.write_timeout):
-                current = self._meta_hints.get(session_id)
+                cached = self._l1.get(session_id)
+                current = cached.meta if cached is not None else None
                 fresh = False
                 conflicts = 0
                 if current is None and read_first:
@@ -441,7 +678,8 @@ class MemoryClient:
                     sent = True
                     outcome = await self._store.commit(write)
                     if outcome.applied:
-                        self._remember(session_id, write.meta)
+                        self._after_write(write)
+                        await self._write_through(write.meta)
                         return write
                     sent = False
                     conflicts += 1
@@ -462,7 +700,7 @@ class MemoryClient:
                 maybe_applied=sent,
             ) from exc
         except StoreError:
-            self._meta_hints.pop(session_id, None)
+            self._l1.pop(session_id)
             raise
         raise StoreUnavailableError(
             f"{operation} lost the race to concurrent writers {_MAX_COMMIT_ROUNDS} times; retry",

@@ -150,6 +150,8 @@ class Config:
     # "lean": msgspec + aiohttp + botocore's SigV4 signer (~2.5x less CPU per call);
     # "aioboto3": the reference client, for regions or features the lean path lacks.
     dynamodb_data_path: DynamoDBDataPath = "lean"
+    # Redis is a cache on the hot path: a slow Redis must cost a miss, not a slow reply.
+    redis_timeout: float = 0.1
     store_spec: StoreSpec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -170,6 +172,7 @@ class Config:
         _check_int("max_pool_connections", self.max_pool_connections, 1, 10_000)
         _check_float("connect_timeout", self.connect_timeout, 0.001, 600.0)
         _check_int("store_max_attempts", self.store_max_attempts, 1, 10)
+        _check_float("redis_timeout", self.redis_timeout, 0.001, 10.0)
         if self.dynamodb_data_path not in _DATA_PATHS:
             raise ConfigError(f"dynamodb_data_path must be one of {', '.join(_DATA_PATHS)}")
 

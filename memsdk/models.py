@@ -86,3 +86,10 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     wal_oldest_pending_age_s: float | None
     open: bool
     consistency: str
+    redis: str | None = None
+    l1_hits: int = 0
+    l1_misses: int = 0
+    l1_evictions: int = 0
+    redis_hits: int = 0
+    redis_misses: int = 0
+    redis_errors: int = 0

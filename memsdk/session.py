@@ -18,7 +18,7 @@ import math
 import re
 import secrets
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -228,7 +228,7 @@ def live_meta(meta: MetaRecord | None, now_s: int) -> MetaRecord | None:
     return meta
 
 
-def check_owner(meta: MetaRecord, customer_id: str | None) -> None:
+def check_owner(meta: MetaRecord | Meta, customer_id: str | None) -> None:
     """Raise SessionOwnershipError if the session belongs to another customer."""
     if customer_id is not None and meta.customer_id is not None and meta.customer_id != customer_id:
         raise SessionOwnershipError(
@@ -445,7 +445,12 @@ def visible_turns(meta: MetaRecord, page: Iterable[TurnRecord], now_s: int) -> l
     ]
 
 
-def select_window(newest_first: list[TurnRecord], last_n: int, exhausted: bool) -> int | None:
+class _HasRole(Protocol):
+    @property
+    def role(self) -> str: ...
+
+
+def select_window(newest_first: Sequence[_HasRole], last_n: int, exhausted: bool) -> int | None:
     """How many of the newest turns form the window, or None if an older page is needed.
 
     Guarantee 9: a window never begins with a tool turn; its start moves back to the turn

@@ -1,0 +1,63 @@
+"""The META cache protocol (L2): what the client needs from Redis, and nothing more.
+
+A META cache is a hint, never a source of truth: every method is best-effort, never
+raises, and a failure is a miss. The store stays the only place a conversation lives.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import msgspec
+
+from memsdk.store.base import MetaRecord
+
+__all__ = ["MetaCache", "MetaCacheStats"]
+
+
+class MetaCacheStats(msgspec.Struct, frozen=True, kw_only=True):
+    """Counters since the cache was opened."""
+
+    hits: int = 0
+    misses: int = 0
+    errors: int = 0
+    writes: int = 0
+    stale_writes_refused: int = 0
+
+
+class MetaCache(Protocol):
+    """A shared cache of META records keyed by session id (Redis in production)."""
+
+    @property
+    def description(self) -> str:
+        """A short, secret-free name, e.g. 'redis' or 'redis-cluster'."""
+        ...
+
+    async def open(self) -> None:
+        """Prepare connections; never raises for an unreachable server (that is a miss later)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; idempotent."""
+        ...
+
+    async def get(self, session_id: str) -> MetaRecord | None:
+        """The cached META (live or a tombstone), or None on a miss or any cache trouble."""
+        ...
+
+    async def put(self, meta: MetaRecord, *, now_s: int) -> bool:
+        """Cache `meta` unless a META with a version >= meta.version is cached; True if stored.
+
+        False also when the cache could not be reached: the caller then calls invalidate.
+        The key's TTL follows META: `meta.expires_at - now_s` for a live session, a short
+        fixed time for an expired one (so a tombstone still blocks stale fills).
+        """
+        ...
+
+    async def invalidate(self, session_id: str) -> bool:
+        """Drop the cached META; True when the cache confirmed it."""
+        ...
+
+    def stats(self) -> MetaCacheStats:
+        """Counters since open(); no I/O."""
+        ...
