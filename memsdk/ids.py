@@ -17,13 +17,13 @@ from collections.abc import Callable
 
 __all__ = ["TURN_ID_PATTERN", "TurnIdGenerator", "is_turn_id", "turn_id_ms"]
 
-TURN_ID_PATTERN = re.compile(r"^\d{13}[0-9a-f]{4}[0-9a-f]{8}$")
+TURN_ID_PATTERN = re.compile(r"\d{13}[0-9a-f]{4}[0-9a-f]{8}")
 _MAX_LOGICAL = 0xFFFF
 
 
 def is_turn_id(value: object) -> bool:
     """True when `value` is a well-formed turn id."""
-    return isinstance(value, str) and TURN_ID_PATTERN.match(value) is not None
+    return isinstance(value, str) and TURN_ID_PATTERN.fullmatch(value) is not None
 
 
 def turn_id_ms(turn_id: str) -> int:

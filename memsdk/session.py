@@ -49,7 +49,7 @@ __all__ = [
     "validate_turns",
 ]
 
-SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 ROLES = frozenset({"user", "assistant", "system", "tool"})
 # A DynamoDB transaction holds at most 100 items and 4 MB; one slot and 400 KB go to META.
 MAX_TURNS_PER_APPEND = 99
@@ -62,7 +62,7 @@ _JSON = msgspec.json.Encoder()
 
 def validate_session_id(session_id: object) -> str:
     """Return `session_id` if it is 1-128 chars of [A-Za-z0-9._:-]; else InvalidSessionIdError."""
-    if isinstance(session_id, str) and SESSION_ID_PATTERN.match(session_id):
+    if isinstance(session_id, str) and SESSION_ID_PATTERN.fullmatch(session_id):
         return session_id
     # The bad id is not echoed: it may be huge, binary, or someone's probe.
     kind = type(session_id).__name__

@@ -228,8 +228,12 @@ async def test_ownership_checked_by_a_client_with_no_hint(make_client: ClientFac
         "nul\x00",
         "é",
         "tab\t",
+        "trailing-newline\n",
+        "\nleading-newline",
+        "x" * 3000,
         None,
         42,
+        b"bytes",
     ],
 )
 async def test_invalid_session_ids_rejected_before_io(
