@@ -1,0 +1,239 @@
+"""The tiers together against real services: L1 + real redis-server + each store.
+
+Every Redis here is a redis-server process the test starts on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from memsdk import MemoryClient, Turn
+from memsdk.client import build_store
+from memsdk.config import Config
+from memsdk.testing import CountingStore
+from tests.conftest import TEST_TIMEOUTS, ClientFactory
+from tests.harness.redis_server import RedisCluster3, RedisServer
+
+
+def user(text: str) -> Turn:
+    return Turn(role="user", content=text)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A fresh redis-server for one test."""
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_warm_validated_read_costs_no_store_call(
+    make_client: ClientFactory, store_settings: dict[str, Any], redis_server: RedisServer
+) -> None:
+    counting = CountingStore(build_store(Config(**store_settings)))
+    a = await make_client(redis_url=redis_server.url)
+    b = await make_client(redis_url=redis_server.url, store=counting)
+    await a.append_turns("s", [user("q1"), Turn(role="assistant", content="a1")])
+    first = await b.load_context("s")
+    assert first.source in ("redis", "store")  # cold L1: META from Redis, turns from the store
+    counting.reset()
+    warm = await b.load_context("s")
+    assert warm.source == "l1+redis" and warm.turns == first.turns
+    assert sum(counting.calls.values()) == 0
+    await a.append_turn("s", user("q2"))  # another process writes: Redis has the new stamp
+    ctx = await b.load_context("s")
+    assert [t.content for t in ctx.turns] == ["q1", "a1", "q2"]
+    assert ctx.source == "redis" and counting.calls == {"query_turns": 1}
+    await a.update_meta("s", page_context={"asin": "B2"})
+    ctx = await b.load_context("s")
+    assert ctx.source == "l1+redis" and ctx.meta is not None
+    assert ctx.meta.page_context == {"asin": "B2"}
+    await a.delete_session("s")
+    assert (await b.load_context("s")).meta is None
+    h = b.health()
+    assert h.redis == "redis" and h.redis_hits >= 3 and h.redis_errors == 0
+
+
+async def test_redis_behind_own_write_is_not_trusted(
+    make_client: ClientFactory, redis_server: RedisServer
+) -> None:
+    mem = await make_client(redis_url=redis_server.url)
+    await mem.append_turn("s", user("q1"))
+    stale = redis_server.command("GET", "memsdk:{s}:meta")
+    await mem.append_turn("s", user("q2"))
+    redis_server.command("SET", "memsdk:{s}:meta", stale)  # Redis lost the newest META
+    ctx = await mem.load_context("s")
+    assert [t.content for t in ctx.turns] == ["q1", "q2"]
+
+
+async def test_eviction_storm_loses_no_session(
+    make_client: ClientFactory, store_settings: dict[str, Any]
+) -> None:
+    """maxmemory 2mb + allkeys-lru: the original design lost 30% of sessions this way."""
+    server = RedisServer().start(maxmemory="2mb", maxmemory_policy="allkeys-lru")
+    try:
+        sessions = 5_000 if store_settings["store"].startswith("sqlite") else 1_500
+        writer = await make_client(redis_url=server.url)
+        reader = await make_client(redis_url=server.url, l1_max_bytes=64 * 1024)
+        limit = asyncio.Semaphore(32)
+
+        async def write(i: int) -> None:
+            async with limit:
+                await writer.append_turns(
+                    f"storm-{i}",
+                    [
+                        user(f"q{i}" + "x" * 300),
+                        Turn(role="assistant", content=f"a{i}" + "y" * 300),
+                    ],
+                    customer_id=f"c{i}",
+                )
+
+        await asyncio.gather(*(write(i) for i in range(sessions)))
+        assert int(server.command("INFO", "stats").get("evicted_keys", 0)) > 0
+
+        async def check(i: int) -> None:
+            async with limit:
+                ctx = await reader.load_context(f"storm-{i}", customer_id=f"c{i}")
+                assert ctx.meta is not None and ctx.meta.turn_count == 2, i
+                assert [t.content[: len(f"q{i}")] for t in ctx.turns][:1] == [f"q{i}"]
+                assert len(ctx.turns) == 2
+
+        await asyncio.gather(*(check(i) for i in range(sessions)))
+        # Every read asked Redis first; evictions (and OOM refusals of the fills, which a
+        # 2 MB Redis with 64 pooled connections per client produces) only cost misses.
+        h = reader.health()
+        assert h.redis_hits + h.redis_misses == sessions
+    finally:
+        server.stop()
+
+
+async def test_redis_killed_mid_run_then_restarted_empty(
+    make_client: ClientFactory, redis_server: RedisServer
+) -> None:
+    a = await make_client(redis_url=redis_server.url)
+    b = await make_client(redis_url=redis_server.url, l1_max_bytes=0)  # every read asks Redis
+    model: dict[str, list[str]] = {}
+
+    async def step(n: int) -> None:
+        sid = f"k{n % 7}"
+        await a.append_turn(sid, user(f"m{n}"))
+        model.setdefault(sid, []).append(f"m{n}")
+        ctx = await b.load_context(sid)
+        assert [t.content for t in ctx.turns] == model[sid][-20:]
+
+    for n in range(30):
+        await step(n)
+    hits_before = b.health().redis_hits
+    assert hits_before > 0
+    redis_server.kill()
+    for n in range(30, 60):  # every call still succeeds, through the store
+        await step(n)
+    assert b.health().redis_errors > 0
+    redis_server.restart()  # same port, empty
+    for n in range(60, 90):
+        await step(n)
+    assert b.health().redis_hits > hits_before  # Redis is used again
+    assert int(redis_server.command("DBSIZE")) > 0
+
+
+async def test_cluster_spread_and_reshard_under_load(tmp_path: Path) -> None:
+    """Once, on the embedded store: the store is not what a reshard puts at risk."""
+    cluster = RedisCluster3().start()
+    store = f"sqlite:///{tmp_path / 'cluster.db'}"
+    a = MemoryClient(Config(store=store, redis_url=cluster.url, **TEST_TIMEOUTS))
+    b = MemoryClient(Config(store=store, redis_url=cluster.url, l1_max_bytes=0, **TEST_TIMEOUTS))
+    try:
+        await a.open()
+        await b.open()
+        sids = [f"cl-{i}" for i in range(60)]
+        for sid in sids:
+            await a.append_turn(sid, user(f"{sid}-0"))
+        owners = {cluster.node_of_key(f"memsdk:{{{sid}}}:meta").port for sid in sids}
+        assert len(owners) == 3  # hash tags spread sessions over every master
+        ids = cluster.node_ids()
+        reshard = cluster.reshard_in_thread(ids[0], ids[1], 2_000)
+        rounds = 0
+        model = {sid: [f"{sid}-0"] for sid in sids}
+        while reshard.is_alive() or rounds < 3:
+            rounds += 1
+            for sid in sids:
+                text = f"{sid}-{rounds}"
+                await a.append_turn(sid, user(text))
+                model[sid].append(text)
+                ctx = await b.load_context(sid)
+                assert [t.content for t in ctx.turns] == model[sid][-20:]
+            await asyncio.sleep(0)
+        reshard.result(timeout=120)
+        assert b.health().redis_hits > 0
+        for sid in sids:
+            ctx = await b.load_context(sid)
+            assert [t.content for t in ctx.turns] == model[sid][-20:]
+        assert b.health().redis_errors == 0
+    finally:
+        await a.aclose()
+        await b.aclose()
+        cluster.stop()
+
+
+_examples = itertools.count()
+
+
+@settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["append", "load", "meta", "flush_redis"]),
+            st.integers(0, 2),
+            st.integers(0, 2),
+        ),
+        min_size=1,
+        max_size=25,
+    )
+)
+async def test_validated_never_stale_with_redis(
+    store_settings: dict[str, Any], redis_server: RedisServer, ops: list[tuple[str, int, int]]
+) -> None:
+    """Three clients, shared Redis and store, any interleaving: no read is ever stale."""
+    url = redis_server.url
+    clients = [
+        MemoryClient(Config(**store_settings, **TEST_TIMEOUTS, last_n=5, redis_url=url))
+        for _ in range(3)
+    ]
+    sid = f"hyp-redis-{next(_examples)}"
+    model: list[str] = []
+    page: dict[str, int] = {}
+    for mem in clients:
+        await mem.open()
+    try:
+        for n, (op, who, arg) in enumerate(ops):
+            mem = clients[who]
+            if op == "append":
+                turns = [user(f"{who}.{n}.{k}") for k in range(arg + 1)]
+                await mem.append_turns(sid, turns)
+                model.extend(t.content for t in turns)
+            elif op == "meta":
+                page = {"step": n}
+                await mem.update_meta(sid, page_context=page)
+            elif op == "flush_redis":
+                redis_server.command("FLUSHALL")
+            else:
+                ctx = await mem.load_context(sid)
+                assert [t.content for t in ctx.turns] == model[-5:]
+                assert (ctx.meta.page_context if ctx.meta else {}) == page
+    finally:
+        for mem in clients:
+            await mem.aclose()
