@@ -1,7 +1,8 @@
-"""`python -m benchmarks [--quick] [--json PATH] [--markdown PATH]`, from the repo root.
+"""`python -m benchmarks [--quick] [--suite S] [--json PATH] [--markdown PATH]`, from the repo root.
 
-Starts its own DynamoDB Local (tests.harness), runs every benchmark of benchmarks.core,
-prints a Markdown table on stdout (progress goes to stderr) and writes the full results,
+Starts its own DynamoDB Local (tests.harness), runs every benchmark of benchmarks.core and
+benchmarks.data_path (which starts its own instant server, benchmarks.instant_server),
+prints Markdown tables on stdout (progress goes to stderr) and writes the full results,
 raw samples included, as JSON (default benchmarks/results/latest.json).
 """
 
@@ -59,13 +60,54 @@ def _environment(jar_dir: Path | None) -> dict[str, Any]:
     }
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.2f}"
+def _fmt(value: float, digits: int = 2) -> str:
+    return f"{value:.{digits}f}"
+
+
+def _per_call_table(benchmarks: list[dict[str, Any]]) -> list[str]:
+    """Data-path benchmarks measured per DynamoDB call (kind "per call")."""
+    lines = [
+        "| benchmark | operation | candidate | calls | CPU ms/call median | CPU p90 "
+        "| wall ms/call median | wall p90 |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for bench in benchmarks:
+        for op, per in bench["operations"].items():
+            for name, c in per.items():
+                cpu, wall = c["cpu_ms_per_call"], c["wall_ms"]
+                lines.append(
+                    f"| {bench['name']} | {op} | {name} | {c['calls']} "
+                    f"| {_fmt(cpu['median'], 3)} | {_fmt(cpu['p90'], 3)} "
+                    f"| {_fmt(wall['median'], 3)} | {_fmt(wall['p90'], 3)} |"
+                )
+    return [*lines, ""]
+
+
+def _latency_table(benchmarks: list[dict[str, Any]]) -> list[str]:
+    """Latency distributions of concurrent calls (kind "latency": pool starvation)."""
+    lines = [
+        "| benchmark | candidate | pool | calls | p50 ms | p90 ms | p99 ms | max ms | p99 / p50 "
+        "| in-wave p99 / p50 |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for bench in benchmarks:
+        for name, c in bench["candidates"].items():
+            lat = c["latency_ms"]
+            lines.append(
+                f"| {bench['name']} | {name} | {c['pool']} | {c['calls']} "
+                f"| {_fmt(lat['p50'])} | {_fmt(lat['p90'])} | {_fmt(lat['p99'])} "
+                f"| {_fmt(lat['max'])} | {_fmt(c['p99_over_p50'])} "
+                f"| {_fmt(c['wave_p99_over_p50'])} |"
+            )
+    return [*lines, ""]
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    """The measurements and the ratios as two Markdown tables."""
+    """The measurements (one table per kind of benchmark), then every ratio."""
     env = report["environment"]
+    messages = [b for b in report["benchmarks"] if b.get("kind", "message") == "message"]
+    per_call = [b for b in report["benchmarks"] if b.get("kind") == "per call"]
+    latency = [b for b in report["benchmarks"] if b.get("kind") == "latency"]
     lines = [
         f"### memsdk benchmarks ({report['mode']} mode, {report['finished_at']})",
         "",
@@ -74,11 +116,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         + (" + uncommitted memsdk changes" if env["memsdk_dirty"] else "")
         + f"; {report['elapsed_s']:.0f} s in all.",
         "",
-        "| benchmark | candidate | n | median ms | p90 ms | write / read median ms "
-        "| CPU ms/msg median | CPU p90 |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for bench in report["benchmarks"]:
+    if messages:
+        lines += [
+            "| benchmark | candidate | n | median ms | p90 ms | write / read median ms "
+            "| CPU ms/msg median | CPU p90 |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+    for bench in messages:
         for name, c in bench["candidates"].items():
             lines.append(
                 f"| {bench['name']} | {name} | {bench['samples']} "
@@ -87,9 +132,14 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"| {_fmt(c['cpu_ms_per_message']['median'])} "
                 f"| {_fmt(c['cpu_ms_per_message']['p90'])} |"
             )
+    if messages:
+        lines.append("")
+    if per_call:
+        lines += _per_call_table(per_call)
+    if latency:
+        lines += _latency_table(latency)
     lines += [
-        "",
-        "| benchmark | ratio of medians | value | 95% CI | goal | verdict |",
+        "| benchmark | ratio (of medians unless named) | value | 95% CI | goal | verdict |",
         "| --- | --- | ---: | ---: | ---: | --- |",
     ]
     for bench in report["benchmarks"]:
@@ -110,7 +160,27 @@ def render_markdown(report: dict[str, Any]) -> str:
         "DynamoDB Local JVM), per message, over batches of rounds. DynamoDB Local on a shared "
         "machine: ratios of client overhead plus an emulator, not AWS latencies.",
     ]
+    if per_call or latency:
+        lines += [
+            "",
+            "Per call: CPU per call is this process's CPU over a batch of sequential calls, "
+            "median of the batches; candidates interleaved batch by batch. The instant server "
+            "answers at once from another process: its figures are the client's CPU and "
+            "queueing only, not a DynamoDB latency. Pool starvation: waves of concurrent "
+            "GetItem, latency of every call.",
+        ]
     return "\n".join(lines) + "\n"
+
+
+async def _run(suite: str, endpoint: str, settings: Any) -> list[dict[str, Any]]:
+    from benchmarks import core, data_path
+
+    results: list[dict[str, Any]] = []
+    if suite in ("all", "core"):
+        results += await core.run_all(endpoint, settings, _progress)
+    if suite in ("all", "data-path"):
+        results += await data_path.run_all(endpoint, settings, _progress)
+    return results
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -126,6 +196,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--markdown", type=Path, help="also write the Markdown table here")
     parser.add_argument("--samples", type=int, help="override measured rounds per benchmark")
     parser.add_argument("--warmup", type=int, help="override warm-up rounds per benchmark")
+    parser.add_argument(
+        "--suite",
+        choices=("all", "core", "data-path"),
+        default="all",
+        help="core: the message benchmarks; data-path: the per-call ones (default: all)",
+    )
     return parser.parse_args(argv)
 
 
@@ -138,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # DynamoDB Local accepts any credentials; botocore needs some, and never real ones here.
     os.environ.update(aws_test_env())
-    from benchmarks import core
+    from benchmarks import core, data_path
 
     settings = core.QUICK if args.quick else core.FULL
     overrides = {
@@ -154,12 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     server = DynamoDBLocal()
     server.start()
     try:
-        benchmarks = asyncio.run(core.run_all(server.endpoint, settings, _progress))
+        benchmarks = asyncio.run(_run(args.suite, server.endpoint, settings))
     finally:
         server.stop()
     report = {
         "mode": settings.mode,
+        "suite": args.suite,
         "settings": dataclasses.asdict(settings),
+        "data_path_settings": dataclasses.asdict(data_path.settings_for(settings)),
         "finished_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "elapsed_s": time.perf_counter() - started,
         "environment": _environment(ensure_jar()),
