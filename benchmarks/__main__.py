@@ -145,6 +145,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     for bench in report["benchmarks"]:
         for r in bench["ratios"]:
             goal = "-" if r["goal"] is None else f"<= {r['goal']:.2f}"
+            if r.get("goal_min") is not None:
+                goal = f">= {r['goal_min']:.2f}"
             low, high = r["ci95"]
             lines.append(
                 f"| {bench['name']} | {r['name']} | {r['value']:.3f} "
@@ -173,13 +175,15 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 async def _run(suite: str, endpoint: str, settings: Any) -> list[dict[str, Any]]:
-    from benchmarks import core, data_path
+    from benchmarks import cache, core, data_path
 
     results: list[dict[str, Any]] = []
     if suite in ("all", "core"):
         results += await core.run_all(endpoint, settings, _progress)
     if suite in ("all", "data-path"):
         results += await data_path.run_all(endpoint, settings, _progress)
+    if suite in ("all", "cache"):
+        results += await cache.run_cache(endpoint, settings, _progress)
     return results
 
 
@@ -198,9 +202,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, help="override warm-up rounds per benchmark")
     parser.add_argument(
         "--suite",
-        choices=("all", "core", "data-path"),
+        choices=("all", "core", "data-path", "cache"),
         default="all",
-        help="core: the message benchmarks; data-path: the per-call ones (default: all)",
+        help="core: the message benchmarks; data-path: the per-call ones; cache: L1 and "
+        "Redis (default: all)",
     )
     return parser.parse_args(argv)
 
