@@ -18,6 +18,7 @@ dynamodb-local:
 	scripts/fetch-dynamodb-local.sh
 
 demo: $(STAMP)
+	mkdir -p .cache
 	$(BIN)/memsdk simulate --store sqlite:///.cache/demo.db --duration 10 --sessions 50
 
 lint: $(STAMP)
