@@ -82,7 +82,7 @@ async def test_eviction_storm_loses_no_session(
     """maxmemory 2mb + allkeys-lru: the original design lost 30% of sessions this way."""
     server = RedisServer().start(maxmemory="2mb", maxmemory_policy="allkeys-lru")
     try:
-        sessions = 5_000 if store_settings["store"].startswith("sqlite") else 1_500
+        sessions = 5_000 if store_settings["store"].startswith("sqlite") else 3_000
         writer = await make_client(redis_url=server.url)
         reader = await make_client(redis_url=server.url, l1_max_bytes=64 * 1024)
         limit = asyncio.Semaphore(32)
