@@ -439,7 +439,8 @@ async def test_allkeys_lru_eviction_is_a_miss_never_an_error(maxmemory: str) -> 
                 assert await cache.put(meta(f"s{i}", 1, page_context=page), now_s=NOW)
             assert srv.command("INFO", "stats")["evicted_keys"] > 0
             found = [await cache.get(f"s{i}") for i in range(3000)]
-            assert found[0] is None  # the oldest were evicted
+            # Redis's LRU is approximate (it samples keys): most old keys go, not all.
+            assert found[:1000].count(None) > 500
             if maxmemory == "2mb":
                 assert found[-1] == meta("s2999", 1, page_context=page)
             stats = cache.stats()
