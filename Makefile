@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench clean dynamodb-local
+.PHONY: install demo test lint typecheck bench clean dynamodb-local tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-dynamodb-local:
+tools:
+	scripts/ensure-tools.sh
+
+dynamodb-local: tools
 	scripts/fetch-dynamodb-local.sh
 
 demo: $(STAMP)
