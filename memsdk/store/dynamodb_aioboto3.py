@@ -134,11 +134,9 @@ def _client_config(
     # unjittered doubling (~25 s on one call), timeouts default to 60 s and the pool to 10
     # connections (p99 of 4-10 s at 64 concurrent calls). Standard mode adds jitter and a
     # retry quota; `total_max_attempts` is small because memsdk's own deadline wraps each
-    # call and exactly one layer (this one, with the caller's tenacity loop above it
-    # configured so the two never multiply) decides about retries.
+    # call and exactly one layer (botocore, on this path) retries transient errors.
     # tcp_keepalive asks for SO_KEEPALIVE so half-dead pooled connections get detected;
-    # note that aiobotocore 2.25 ignores socket options (its AIOHTTPSession has a TODO),
-    # so today this documents intent and takes effect if aiobotocore implements it.
+    # aiobotocore 2.25 does not apply socket options yet, so today this states intent.
     return BotoConfig(
         retries={"mode": "standard", "total_max_attempts": max_attempts},
         max_pool_connections=max_pool_connections,
