@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Coroutine, Sequence
 from types import TracebackType
 from typing import Any, Protocol
@@ -33,6 +34,10 @@ __all__ = ["Clock", "MemoryClient", "SystemClock"]
 # is the call's deadline: rounds back off with jitter, up to _MAX_CONFLICT_BACKOFF_S.
 _MAX_COMMIT_ROUNDS = 64
 _MAX_CONFLICT_BACKOFF_S = 0.05
+# The newest META seen per session, for the write path's compare-and-set even when L1
+# holds no window for the session (evicted, too large, or L1 disabled). Bounded by count:
+# ~0.5 KB each. A stale or missing hint costs one extra round trip, never a wrong write.
+_MAX_META_HINTS = 10_000
 # L1 keeps this many turns beyond last_n, so a window moved back over tool results
 # (guarantee 9) is still served from memory.
 _TOOL_SLACK = 8
@@ -117,6 +122,7 @@ class MemoryClient:
         self._store = store if store is not None else build_store(self._config)
         self._l2 = meta_cache if meta_cache is not None else build_meta_cache(self._config)
         self._l1 = ContextCache(self._config.l1_max_bytes)
+        self._meta_hints: OrderedDict[str, MetaRecord] = OrderedDict()
         self._depth = self._config.last_n + _TOOL_SLACK
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._ids = TurnIdGenerator(self._clock.time_ms)
@@ -250,8 +256,7 @@ class MemoryClient:
                         return ctx
                 self._l1.misses += 1
                 if rules.live_meta(meta, self._clock.time_ms() // 1000) is None:
-                    self._l1.pop(session_id)
-                    return Context(session_id=session_id, meta=None, turns=[], summary=None)
+                    return self._absent(session_id, meta)
                 assert meta is not None
                 newest_first, complete = await self._read_turns(session_id, meta, last_n)
                 return self._answer(meta, newest_first, complete, last_n, source)
@@ -296,8 +301,7 @@ class MemoryClient:
             self._fill_l2(stored)
         meta = rules.live_meta(stored, self._clock.time_ms() // 1000)
         if meta is None:
-            self._l1.pop(session_id)
-            return Context(session_id=session_id, meta=None, turns=[], summary=None)
+            return self._absent(session_id, stored)
         newest_first, complete = await self._read_turns(session_id, meta, last_n, page=page)
         return self._answer(meta, newest_first, complete, last_n, "store")
 
@@ -365,6 +369,7 @@ class MemoryClient:
         turn_bytes: tuple[int, ...] | None,
     ) -> CachedWindow:
         """Put a window in L1 and return it (a transient one if it exceeds the L1 budget)."""
+        self._hint(meta)
         public_meta = rules.to_public_meta(meta)
         summary = rules.to_public_summary(meta)
         entry = self._l1.put(
@@ -510,7 +515,7 @@ class MemoryClient:
                 maybe_applied=True,
             ) from exc
         finally:
-            self._l1.pop(session_id)
+            self._forget(session_id)
 
     async def _delete(self, session_id: str, customer_id: str | None) -> None:
         current = await self._store.get_meta(session_id, consistent=True)
@@ -575,10 +580,29 @@ class MemoryClient:
                 "MemoryClient is not open: use `async with MemoryClient(config) as mem:`"
             )
 
+    def _absent(self, session_id: str, stored: MetaRecord | None) -> Context:
+        """The answer for a session that is absent or expired; keep an expired META as a hint."""
+        self._forget(session_id)
+        if stored is not None:
+            self._hint(stored)  # the next write's compare-and-set needs its version
+        return Context(session_id=session_id, meta=None, turns=[], summary=None)
+
+    def _hint(self, meta: MetaRecord) -> None:
+        known = self._meta_hints.get(meta.session_id)
+        if known is None or known.version <= meta.version:
+            self._meta_hints[meta.session_id] = meta
+        self._meta_hints.move_to_end(meta.session_id)
+        if len(self._meta_hints) > _MAX_META_HINTS:
+            self._meta_hints.popitem(last=False)
+
+    def _forget(self, session_id: str) -> None:
+        self._l1.pop(session_id)
+        self._meta_hints.pop(session_id, None)
+
     def _remember(self, session_id: str, meta: MetaRecord | None) -> None:
         """Keep the newest META a store call revealed (a hint for the next write)."""
         if meta is None:
-            self._l1.pop(session_id)
+            self._forget(session_id)
             return
         cached = self._l1.get(session_id)
         if cached is not None and cached.newest_first is not None and cached.same_stamp(meta):
@@ -657,8 +681,7 @@ class MemoryClient:
         sent = False
         try:
             async with asyncio.timeout(self._config.write_timeout):
-                cached = self._l1.get(session_id)
-                current = cached.meta if cached is not None else None
+                current = self._meta_hints.get(session_id)
                 fresh = False
                 conflicts = 0
                 if current is None and read_first:
@@ -700,7 +723,7 @@ class MemoryClient:
                 maybe_applied=sent,
             ) from exc
         except StoreError:
-            self._l1.pop(session_id)
+            self._forget(session_id)
             raise
         raise StoreUnavailableError(
             f"{operation} lost the race to concurrent writers {_MAX_COMMIT_ROUNDS} times; retry",

@@ -170,3 +170,18 @@ async def test_validated_never_stale_under_interleavings(
             assert [t.content for t in ctx.turns] == model[-5:]
             assert (ctx.meta.page_context if ctx.meta else {}) == page
             assert (ctx.meta.turn_count if ctx.meta else 0) == len(model)
+
+
+async def test_append_after_load_is_one_round_trip_even_without_l1(
+    make_client: ClientFactory, store_settings: dict[str, Any]
+) -> None:
+    mem, counting = await counted(make_client, store_settings, l1_max_bytes=0)
+    await mem.append_turn("s", user("q1"))
+    other = await make_client()
+    await other.append_turn("s", user("q2"))  # mem's view of META is stale now
+    await mem.load_context("s")
+    counting.reset()
+    await mem.append_turn("s", user("q3"))
+    assert counting.calls == {"commit": 1}  # planned on the META the load saw: no retry
+    ctx = await other.load_context("s")
+    assert [t.content for t in ctx.turns] == ["q1", "q2", "q3"]
