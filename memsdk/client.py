@@ -222,8 +222,7 @@ class MemoryClient:
         """The context from L1 if its turns are exactly those `meta` describes; else None."""
         now_s = self._clock.time_ms() // 1000
         if rules.live_meta(meta, now_s) is None:
-            self._l1.pop(meta.session_id)
-            return Context(session_id=meta.session_id, meta=None, turns=[], summary=None)
+            return self._absent(meta.session_id, meta)
         newest_first = cached.newest_first
         if newest_first is None or not cached.same_stamp(meta):
             return None
@@ -258,8 +257,8 @@ class MemoryClient:
                 if rules.live_meta(meta, self._clock.time_ms() // 1000) is None:
                     return self._absent(session_id, meta)
                 assert meta is not None
-                newest_first, complete = await self._read_turns(session_id, meta, last_n)
-                return self._answer(meta, newest_first, complete, last_n, source)
+                newest_first, complete, count = await self._read_turns(session_id, meta, last_n)
+                return self._answer(meta, newest_first, complete, count, source)
         self._l1.misses += 1
         return await self._read_store(session_id, last_n)
 
@@ -302,8 +301,8 @@ class MemoryClient:
         meta = rules.live_meta(stored, self._clock.time_ms() // 1000)
         if meta is None:
             return self._absent(session_id, stored)
-        newest_first, complete = await self._read_turns(session_id, meta, last_n, page=page)
-        return self._answer(meta, newest_first, complete, last_n, "store")
+        newest_first, complete, count = await self._read_turns(session_id, meta, last_n, page=page)
+        return self._answer(meta, newest_first, complete, count, "store")
 
     async def _read_turns(
         self,
@@ -312,8 +311,8 @@ class MemoryClient:
         last_n: int,
         *,
         page: list[TurnRecord] | None = None,
-    ) -> tuple[list[TurnRecord], bool]:
-        """The visible turns of `meta`'s window, newest first, and whether that is all of them."""
+    ) -> tuple[list[TurnRecord], bool, int]:
+        """Visible turns newest first, whether that is all of them, and the window's size."""
         strong = self._config.consistency == "strong"
         if page is None:
             page = await self._store.query_turns(
@@ -327,7 +326,7 @@ class MemoryClient:
         now_s = self._clock.time_ms() // 1000
         newest_first = rules.visible_turns(meta, page, now_s)
         exhausted = len(page) < last_n or (bool(page) and page[-1].turn_id <= meta.floor_turn_id)
-        while rules.select_window(newest_first, last_n, exhausted) is None:
+        while (count := rules.select_window(newest_first, last_n, exhausted)) is None:
             before = page[-1].turn_id
             limit = max(last_n - len(newest_first), 1) + 4
             page = await self._store.query_turns(
@@ -336,20 +335,18 @@ class MemoryClient:
             newest_first.extend(rules.visible_turns(meta, page, now_s))
             exhausted = len(page) < limit or (bool(page) and page[-1].turn_id <= meta.floor_turn_id)
         # `exhausted`: we read down to the floor, so these are all the visible turns.
-        return newest_first, exhausted
+        return newest_first, exhausted, count
 
     def _answer(
         self,
         meta: MetaRecord,
         newest_first: list[TurnRecord],
         complete: bool,
-        last_n: int,
+        count: int,
         source: str,
     ) -> Context:
-        """Cache what the store said and build the Context."""
+        """Cache what the store said and build the Context of the newest `count` turns."""
         turns = tuple(rules.to_public_turn(t) for t in newest_first)
-        count = rules.select_window(turns, last_n, complete)
-        assert count is not None  # _read_turns read until the window was whole
         entry = self._cache_window(meta, turns, complete, None)
         window = list(turns[:count])
         window.reverse()
@@ -470,9 +467,7 @@ class MemoryClient:
         rules.validate_session_id(session_id)
         customer_id = rules.validate_customer_id(customer_id, session_id)
         rules.check_through_turn_id(through_turn_id, session_id)
-        if not isinstance(text, str):
-            raise InvalidInputError("summary text must be str", session_id=session_id)
-        rules.validate_json({"text": text}, session_id, "summary")
+        rules.validate_text(text, session_id, "summary text")
         self._check_open()
 
         def plan(current: MetaRecord | None, now_ms: int) -> SessionWrite:

@@ -46,6 +46,7 @@ __all__ = [
     "to_public_turn",
     "validate_customer_id",
     "validate_session_id",
+    "validate_text",
     "validate_turns",
 ]
 
@@ -134,6 +135,14 @@ def _check_text(text: str, session_id: str, path: str) -> None:
         raise InvalidTurnError(
             f"{path} is not valid Unicode text (lone surrogate)", session_id=session_id
         ) from exc
+
+
+def validate_text(text: object, session_id: str, what: str) -> str:
+    """Return `text` if it is a str of valid Unicode (no lone surrogates); else InvalidTurnError."""
+    if not isinstance(text, str):
+        raise InvalidTurnError(f"{what} must be str", session_id=session_id)
+    _check_text(text, session_id, what)
+    return text
 
 
 def turn_item_bytes(session_id: str, turn: Turn, attributes_json: bytes) -> int:
