@@ -5,8 +5,8 @@ the current META, asks this module to plan the next write, and hands the plan to
 store as one conditional, atomic commit (see memsdk.store.base.SessionWrite).
 
 Incarnations: a session id reused after expiry must start empty, but DynamoDB removes
-expired items lazily. A new incarnation therefore gets a fresh `floor_turn_id` from the
-turn-id clock, above every id of the old one; only turns and summaries above the floor are
+expired items lazily. A new incarnation therefore gets a `floor_turn_id` above every id of
+the old one (see `incarnation_floor`); only turns and summaries above the floor are
 visible. Turns carry a long physical TTL (`turn_retention_seconds` after their write) and
 are never rewritten to slide it: their visibility follows META, whose `expires_at` is the
 one sliding TTL of the session.
@@ -36,8 +36,11 @@ from memsdk.store.base import MetaRecord, SessionWrite, SummaryRecord, TurnRecor
 __all__ = [
     "MAX_TURNS_PER_APPEND",
     "check_owner",
+    "incarnation_floor",
     "live_meta",
+    "new_turn_records",
     "plan_append",
+    "plan_buffered_append",
     "plan_delete",
     "plan_summary",
     "plan_update_meta",
@@ -54,6 +57,9 @@ SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 ROLES = frozenset({"user", "assistant", "system", "tool"})
 # A DynamoDB transaction holds at most 100 items and 4 MB; one slot and 400 KB go to META.
 MAX_TURNS_PER_APPEND = 99
+# Bounds of the margin in incarnation_floor (milliseconds).
+_FLOOR_MARGIN_MIN_MS = 2_000
+_FLOOR_MARGIN_MAX_MS = 15 * 60_000
 MAX_APPEND_BYTES = 4 * 1024 * 1024 - 400 * 1024
 META_ITEM_LIMIT = 400 * 1024 - 1024
 _NUMBER_BYTES = 21  # DynamoDB's upper bound for one number; never under-count.
@@ -261,6 +267,23 @@ def _fresh_version(now_ms: int, current: MetaRecord | None) -> int:
     return max(fresh, current.version + 1) if current is not None else fresh
 
 
+def incarnation_floor(current: MetaRecord | None, *, now_ms: int, ttl_seconds: int) -> str:
+    """The floor of a new incarnation: above every old turn, below every turn still buffered.
+
+    With the old META at hand its high-water mark covers every turn it ever committed. With
+    no META at all (deleted by TTL while its turns, retained longer, may remain) the floor is
+    a time: a turn of the old incarnation is older than the expiry minus the TTL. The margin
+    absorbs second-rounding of expiry and writers whose clocks run ahead; turns that another
+    process still holds in its write-ahead log sit above the floor unless they are older
+    than (TTL - margin), i.e. would have expired with the session anyway.
+    """
+    if current is not None:
+        return high_water(current)
+    ttl_ms = ttl_seconds * 1000
+    margin_ms = max(_FLOOR_MARGIN_MIN_MS, min(ttl_ms // 2, _FLOOR_MARGIN_MAX_MS))
+    return f"{max(0, now_ms - ttl_ms + margin_ms):013d}{0:012x}"
+
+
 def _new_meta(
     current: MetaRecord | None,
     *,
@@ -268,9 +291,8 @@ def _new_meta(
     customer_id: str | None,
     now_ms: int,
     ttl_seconds: int,
-    ids: TurnIdGenerator,
 ) -> MetaRecord:
-    floor = ids.next_ids(1, after=high_water(current) if current is not None else None)[0]
+    floor = incarnation_floor(current, now_ms=now_ms, ttl_seconds=ttl_seconds)
     return MetaRecord(
         session_id=session_id,
         customer_id=customer_id,
@@ -293,7 +315,6 @@ def _base_meta(
     customer_id: str | None,
     now_ms: int,
     ttl_seconds: int,
-    ids: TurnIdGenerator,
 ) -> tuple[MetaRecord, int | None]:
     """The META a write starts from (live one or a new incarnation) and the expected version."""
     live = live_meta(current, now_ms // 1000)
@@ -304,7 +325,6 @@ def _base_meta(
             customer_id=customer_id,
             now_ms=now_ms,
             ttl_seconds=ttl_seconds,
-            ids=ids,
         )
         return meta, (current.version if current is not None else None)
     check_owner(live, customer_id)
@@ -316,6 +336,30 @@ def _base_meta(
         version=live.version + 1,
     )
     return meta, live.version
+
+
+def new_turn_records(
+    turns: Sequence[Turn],
+    turn_ids: Sequence[str],
+    *,
+    now_ms: int,
+    ttl_seconds: int,
+    retention_seconds: int,
+) -> list[TurnRecord]:
+    """The TURN items for validated turns: fixed once, so that a replay writes the same item."""
+    physical_expiry = now_ms // 1000 + ttl_seconds + retention_seconds
+    return [
+        TurnRecord(
+            turn_id=turn_id,
+            role=turn.role,
+            content=turn.content,
+            intent=turn.intent,
+            attributes=turn.attributes,
+            created_at_ms=now_ms,
+            expires_at=physical_expiry,
+        )
+        for turn_id, turn in zip(turn_ids, turns, strict=True)
+    ]
 
 
 def plan_append(
@@ -336,22 +380,15 @@ def plan_append(
         customer_id=customer_id,
         now_ms=now_ms,
         ttl_seconds=ttl_seconds,
-        ids=ids,
     )
     turn_ids = ids.next_ids(len(turns), after=high_water(meta))
-    physical_expiry = now_ms // 1000 + ttl_seconds + retention_seconds
-    records = [
-        TurnRecord(
-            turn_id=turn_id,
-            role=turn.role,
-            content=turn.content,
-            intent=turn.intent,
-            attributes=turn.attributes,
-            created_at_ms=now_ms,
-            expires_at=physical_expiry,
-        )
-        for turn_id, turn in zip(turn_ids, turns, strict=True)
-    ]
+    records = new_turn_records(
+        turns,
+        turn_ids,
+        now_ms=now_ms,
+        ttl_seconds=ttl_seconds,
+        retention_seconds=retention_seconds,
+    )
     meta = msgspec.structs.replace(
         meta, turn_count=meta.turn_count + len(records), last_turn_id=turn_ids[-1]
     )
@@ -359,6 +396,53 @@ def plan_append(
     return SessionWrite(
         meta=meta, expected_version=expected, now_s=now_ms // 1000, turns=records, summary=None
     )
+
+
+def plan_buffered_append(
+    current: MetaRecord | None,
+    *,
+    session_id: str,
+    turns: Sequence[TurnRecord],
+    customer_id: str | None,
+    now_ms: int,
+    ttl_seconds: int,
+) -> tuple[SessionWrite | None, list[TurnRecord]]:
+    """Plan the store write of turns whose ids were fixed when the WAL acknowledged them.
+
+    Returns the write (None when nothing is left to write) and the turns dropped because
+    they lie at or below the live incarnation's floor: the session was deleted, or expired
+    and was started again, after they were acknowledged. Raises SessionOwnershipError when
+    the session now belongs to another customer.
+    """
+    live = live_meta(current, now_ms // 1000)
+    if live is None:
+        meta = _new_meta(
+            current,
+            session_id=session_id,
+            customer_id=customer_id,
+            now_ms=now_ms,
+            ttl_seconds=ttl_seconds,
+        )
+        expected = current.version if current is not None else None
+    else:
+        meta, expected = _base_meta(
+            live,
+            session_id=session_id,
+            customer_id=customer_id,
+            now_ms=now_ms,
+            ttl_seconds=ttl_seconds,
+        )
+    keep = [t for t in turns if t.turn_id > meta.floor_turn_id]
+    dropped = [t for t in turns if t.turn_id <= meta.floor_turn_id]
+    if not keep:
+        return None, dropped
+    last = max(meta.last_turn_id or "", *(t.turn_id for t in keep))
+    meta = msgspec.structs.replace(meta, turn_count=meta.turn_count + len(keep), last_turn_id=last)
+    _check_meta_size(meta)
+    write = SessionWrite(
+        meta=meta, expected_version=expected, now_s=now_ms // 1000, turns=keep, summary=None
+    )
+    return write, dropped
 
 
 def plan_update_meta(
@@ -370,7 +454,6 @@ def plan_update_meta(
     customer_id: str | None,
     now_ms: int,
     ttl_seconds: int,
-    ids: TurnIdGenerator,
 ) -> SessionWrite:
     """Plan an update_meta: each given field replaced whole; creates the session if absent."""
     meta, expected = _base_meta(
@@ -379,7 +462,6 @@ def plan_update_meta(
         customer_id=customer_id,
         now_ms=now_ms,
         ttl_seconds=ttl_seconds,
-        ids=ids,
     )
     if page_context is not None:
         meta = msgspec.structs.replace(meta, page_context=page_context)

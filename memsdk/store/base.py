@@ -98,10 +98,13 @@ class CommitOutcome(msgspec.Struct, frozen=True, kw_only=True):
     reply was lost: every TURN item of the write exists with identical content).
     applied=False: the expectation failed and nothing was written; `current` is the stored
     META (possibly expired) or None when there is none, or when the store could not say.
+    `existing_turn_ids`: turns of the write that already exist with identical content (an
+    earlier write of the same buffered turns landed); the caller drops them and re-plans.
     """
 
     applied: bool
     current: MetaRecord | None = None
+    existing_turn_ids: frozenset[str] = frozenset()
 
 
 class Store(Protocol):

@@ -297,6 +297,15 @@ class DynamoDBStore:
                 f"already exists in table {self._table!r}; nothing was written",
                 session_id=sid,
             )
+        if existing:
+            # Part of these turns landed in an earlier write (a buffered batch cut another
+            # way before a crash): report them so the caller writes only the rest.
+            meta_item = reasons[0].Item if reasons[0].Code == "ConditionalCheckFailed" else None
+            return CommitOutcome(
+                applied=False,
+                current=None if meta_item is None else item_to_meta(meta_item),
+                existing_turn_ids=frozenset(turn.turn_id for turn, _ in existing),
+            )
         if reasons[0].Code == "ConditionalCheckFailed":
             return self._meta_refused(write, reasons[0].Item)
         if "TransactionConflict" in codes:

@@ -321,7 +321,7 @@ def _commit_sync(conn: sqlite3.Connection, *, write: SessionWrite) -> CommitOutc
 
     with _transaction(conn):
         current = _read_meta(conn, pk)
-        landed = 0
+        landed: set[str] = set()
         for _, sk, _, body in turn_rows:
             row = conn.execute(
                 "SELECT body FROM items WHERE pk = ? AND sk = ?", (pk, sk)
@@ -336,14 +336,16 @@ def _commit_sync(conn: sqlite3.Connection, *, write: SessionWrite) -> CommitOutc
                     " turn ids must be unique: this is a memsdk bug, please report it",
                     session_id=write.meta.session_id,
                 )
-            landed += 1
-        if turn_rows and landed == len(turn_rows):
+            landed.add(sk[len(_TURN_PREFIX) :])
+        if turn_rows and len(landed) == len(turn_rows):
             # An earlier attempt of this very write landed and only its reply was lost.
             conn.execute("ROLLBACK")
             return CommitOutcome(applied=True)
         if landed or not _expectation_holds(current, write):
             conn.execute("ROLLBACK")
-            return CommitOutcome(applied=False, current=current)
+            return CommitOutcome(
+                applied=False, current=current, existing_turn_ids=frozenset(landed)
+            )
         conn.executemany(_UPSERT, upserts)
         conn.executemany(_INSERT, turn_rows)
     return CommitOutcome(applied=True)

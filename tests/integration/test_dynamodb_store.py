@@ -306,6 +306,21 @@ async def test_recommit_of_identical_write_is_idempotent(
     assert len(await raw_items(ddb_spec)) == 4
 
 
+async def test_partly_written_turns_are_named_and_nothing_is_written(
+    store: DynamoDBStore, ddb_spec: DynamoDBStoreSpec
+) -> None:
+    first = make_meta(1, last_turn_id=tid(1))
+    assert (await store.commit(make_write(first, None, [make_turn(1)]))).applied
+    # A WAL replay whose batch holds turn 1 (already written) and turn 2 (not yet).
+    outcome = await store.commit(
+        make_write(make_meta(2, last_turn_id=tid(2)), None, [make_turn(1), make_turn(2)])
+    )
+    assert not outcome.applied
+    assert outcome.existing_turn_ids == frozenset({tid(1)})
+    assert outcome.current == first
+    assert sort_keys(await raw_items(ddb_spec)) == ["META", "TURN#" + tid(1)]
+
+
 async def test_turn_id_collision_raises_store_error(store: DynamoDBStore) -> None:
     first = make_meta(1, last_turn_id=tid(1))
     assert (await store.commit(make_write(first, None, [make_turn(1, content="original")]))).applied

@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 
 from memsdk import Turn
-from memsdk.errors import InvalidSessionIdError, TurnTooLargeError
+from memsdk.errors import InvalidSessionIdError, SessionOwnershipError, TurnTooLargeError
 from memsdk.ids import TurnIdGenerator
 from memsdk.session import (
     high_water,
     plan_append,
+    plan_buffered_append,
+    plan_delete,
     select_window,
     turn_item_bytes,
     validate_session_id,
@@ -94,7 +96,8 @@ def test_visibility_floor_last_and_expiry() -> None:
     meta = write.meta
     assert meta.floor_turn_id < write.turns[0].turn_id
     assert high_water(meta) == write.turns[-1].turn_id == meta.last_turn_id
-    old = rec(-5)  # below the floor: a leftover of an older incarnation
+    # Below the floor: a leftover of an incarnation whose META is gone, so older than the TTL.
+    old = rec(-60_000)
     newer = TurnRecord(**{**_fields(write.turns[-1]), "turn_id": "9" * 13 + "0" * 12})
     expired = TurnRecord(**{**_fields(write.turns[0]), "expires_at": 1})
     page = [newer, write.turns[1], expired, old]
@@ -103,3 +106,115 @@ def test_visibility_floor_last_and_expiry() -> None:
 
 def _fields(r: TurnRecord) -> dict[str, object]:
     return {f: getattr(r, f) for f in r.__struct_fields__}
+
+
+def _buffered(turn_ids: list[str]) -> list[TurnRecord]:
+    return [TurnRecord(**{**_fields(rec(0)), "turn_id": t}) for t in turn_ids]
+
+
+def test_buffered_append_joins_an_incarnation_started_after_it_was_acknowledged() -> None:
+    # Process A buffered turns for a new session at t0; process B created the session at
+    # t0 + 5 s. A's turns must join B's incarnation, not vanish below its floor.
+    t0 = 1_700_000_000_000
+    ids = TurnIdGenerator(lambda: t0 + 5_000)
+    created = plan_append(
+        None,
+        session_id="s",
+        turns=[Turn(role="user", content="b")],
+        customer_id="C",
+        now_ms=t0 + 5_000,
+        ttl_seconds=86_400,
+        retention_seconds=600,
+        ids=ids,
+    )
+    pending = _buffered([f"{t0:013d}0000aaaaaaaa", f"{t0:013d}0001aaaaaaaa"])
+    write, dropped = plan_buffered_append(
+        created.meta,
+        session_id="s",
+        turns=pending,
+        customer_id="C",
+        now_ms=t0 + 6_000,
+        ttl_seconds=86_400,
+    )
+    assert dropped == [] and write is not None
+    assert write.expected_version == created.meta.version
+    assert write.meta.turn_count == 3
+    assert write.meta.last_turn_id == created.turns[0].turn_id  # B's turn is still the newest
+    assert visible_turns(write.meta, [*created.turns, *pending], now_s=(t0 + 6_000) // 1000) == [
+        *created.turns,
+        *pending,
+    ]
+
+
+def test_buffered_append_drops_turns_of_a_deleted_incarnation() -> None:
+    t0 = 1_700_000_000_000
+    ids = TurnIdGenerator(lambda: t0)
+    first = plan_append(
+        None,
+        session_id="s",
+        turns=[Turn(role="user", content="a")],
+        customer_id=None,
+        now_ms=t0,
+        ttl_seconds=86_400,
+        retention_seconds=600,
+        ids=ids,
+    )
+    later = plan_append(
+        first.meta,
+        session_id="s",
+        turns=[Turn(role="user", content="b")],
+        customer_id=None,
+        now_ms=t0 + 10,
+        ttl_seconds=86_400,
+        retention_seconds=600,
+        ids=ids,
+    )
+    tombstone = plan_delete(later.meta, now_ms=t0 + 20).meta
+    # A turn buffered between the two appends, flushed after the delete: it was deleted.
+    stale = _buffered([f"{t0:013d}0000ffffffff"])
+    write, dropped = plan_buffered_append(
+        tombstone,
+        session_id="s",
+        turns=stale,
+        customer_id=None,
+        now_ms=t0 + 30,
+        ttl_seconds=86_400,
+    )
+    assert write is None and dropped == stale
+    # A turn buffered after the delete starts a new incarnation above the old high water.
+    fresh = _buffered([f"{t0 + 25:013d}0000bbbbbbbb"])
+    write, dropped = plan_buffered_append(
+        tombstone,
+        session_id="s",
+        turns=fresh,
+        customer_id=None,
+        now_ms=t0 + 30,
+        ttl_seconds=86_400,
+    )
+    assert write is not None and dropped == []
+    assert write.expected_version == tombstone.version
+    assert write.meta.floor_turn_id == high_water(tombstone)
+    assert (write.meta.turn_count, write.meta.last_turn_id) == (1, fresh[0].turn_id)
+
+
+def test_buffered_append_checks_the_owner() -> None:
+    t0 = 1_700_000_000_000
+    owned = plan_append(
+        None,
+        session_id="s",
+        turns=[Turn(role="user", content="a")],
+        customer_id="C1",
+        now_ms=t0,
+        ttl_seconds=60,
+        retention_seconds=600,
+        ids=TurnIdGenerator(lambda: t0),
+    )
+    with pytest.raises(SessionOwnershipError):
+        plan_buffered_append(
+            owned.meta,
+            session_id="s",
+            turns=_buffered([f"{t0 + 1:013d}0000cccccccc"]),
+            customer_id="C2",
+            now_ms=t0 + 2,
+            ttl_seconds=60,
+        )
