@@ -1,4 +1,5 @@
-"""A test kit for users of memsdk: a controllable clock and a store that counts its traffic.
+"""A test kit for users of memsdk: a controllable clock, a store that counts its traffic and
+a store that fails on command.
 
 For an in-memory store in your own tests use `Config(store="sqlite:///:memory:")`: it is the
 real embedded store, not a mock, so your tests see the behaviour production sees.
@@ -9,9 +10,10 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+from memsdk.errors import StoreUnavailableError
 from memsdk.store.base import CommitOutcome, MetaRecord, SessionWrite, Store, TurnRecord
 
-__all__ = ["CountingStore", "FakeClock"]
+__all__ = ["CountingStore", "FakeClock", "FaultyStore"]
 
 
 class FakeClock:
@@ -83,4 +85,69 @@ class CountingStore:
     async def purge_session(self, session_id: str, *, through_turn_id: str, version: int) -> None:
         """Count, then delegate."""
         self.calls["purge_session"] += 1
+        await self.inner.purge_session(session_id, through_turn_id=through_turn_id, version=version)
+
+
+class FaultyStore:
+    """Wraps a Store and fails on command, the way a store outage looks to memsdk.
+
+    `down = True`: every call raises StoreUnavailableError before reaching the store.
+    `lose_commit_replies = n`: the next n commits are applied, then raise
+    StoreUnavailableError(maybe_applied=True), as when a reply is lost on the network.
+    """
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.down = False
+        self.lose_commit_replies = 0
+        self.refused = 0
+
+    @property
+    def description(self) -> str:
+        """The wrapped store's description."""
+        return self.inner.description
+
+    def _check(self, session_id: str | None) -> None:
+        if self.down:
+            self.refused += 1
+            raise StoreUnavailableError("FaultyStore is down (test)", session_id=session_id)
+
+    async def open(self) -> None:
+        """Open the wrapped store (even when down: connections are lazy)."""
+        await self.inner.open()
+
+    async def aclose(self) -> None:
+        """Close the wrapped store."""
+        await self.inner.aclose()
+
+    async def get_meta(self, session_id: str, *, consistent: bool) -> MetaRecord | None:
+        """Fail when down, else delegate."""
+        self._check(session_id)
+        return await self.inner.get_meta(session_id, consistent=consistent)
+
+    async def query_turns(
+        self, session_id: str, *, before_turn_id: str | None, limit: int, consistent: bool
+    ) -> list[TurnRecord]:
+        """Fail when down, else delegate."""
+        self._check(session_id)
+        return await self.inner.query_turns(
+            session_id, before_turn_id=before_turn_id, limit=limit, consistent=consistent
+        )
+
+    async def commit(self, write: SessionWrite) -> CommitOutcome:
+        """Fail when down; apply and then lose the reply when told to; else delegate."""
+        self._check(write.meta.session_id)
+        outcome = await self.inner.commit(write)
+        if self.lose_commit_replies > 0:
+            self.lose_commit_replies -= 1
+            raise StoreUnavailableError(
+                "FaultyStore lost the reply (test)",
+                session_id=write.meta.session_id,
+                maybe_applied=True,
+            )
+        return outcome
+
+    async def purge_session(self, session_id: str, *, through_turn_id: str, version: int) -> None:
+        """Fail when down, else delegate."""
+        self._check(session_id)
         await self.inner.purge_session(session_id, through_turn_id=through_turn_id, version=version)

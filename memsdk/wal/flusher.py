@@ -1,0 +1,258 @@
+"""The background flusher: drains acknowledged WAL records to the store, session by session.
+
+It knows neither the store nor the record format. The client gives it:
+- `apply(key, batch)`: write one batch of a key's records to the store in one round trip;
+  returns when they are in the store, raises when they are not;
+- `is_retryable(exc)`: whether a failure is worth another attempt (store down, throttled)
+  or final (the records can never be written: ownership changed, a collision);
+- `on_reject(key, batch, exc)`: keep final failures somewhere an operator will see them;
+- `confirm(lsns)`: tell the log the records are safe, so their segments can go.
+
+Records of one key are applied in log order, one batch at a time, so a session's turns
+reach the store in the order they were acknowledged. Keys are independent: up to
+`concurrency` of them are written at once.
+
+While the store fails, every worker waits for one shared, growing backoff (full jitter):
+an outage costs about one probe per interval, not one per pending session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+__all__ = ["FlushTimeoutError", "Flusher", "FlusherStats", "PendingEntry"]
+
+logger = logging.getLogger(__name__)
+
+
+class PendingEntry(Protocol):
+    """What the flusher needs of a record: its log position, its key and its size."""
+
+    @property
+    def lsn(self) -> int: ...
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+
+E = TypeVar("E", bound=PendingEntry)
+
+
+class FlushTimeoutError(Exception):
+    """The wait ended with records still pending."""
+
+
+@dataclass(frozen=True, slots=True)
+class FlusherStats:
+    """Counters since start; no I/O."""
+
+    pending_records: int
+    pending_keys: int
+    applied_batches: int
+    applied_records: int
+    failed_attempts: int
+    rejected_records: int
+
+
+class Flusher(Generic[E]):
+    """Applies pending entries per key in log order, with shared backoff while the store fails."""
+
+    def __init__(
+        self,
+        *,
+        apply: Callable[[str, list[E]], Awaitable[None]],
+        confirm: Callable[[list[int]], None],
+        is_retryable: Callable[[BaseException], bool],
+        on_reject: Callable[[str, list[E], BaseException], Awaitable[None]],
+        batch_fits: Callable[[Sequence[E], E], bool],
+        concurrency: int,
+        backoff_base_s: float = 0.05,
+        backoff_cap_s: float = 5.0,
+        monotonic: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._apply = apply
+        self._confirm = confirm
+        self._is_retryable = is_retryable
+        self._on_reject = on_reject
+        self._batch_fits = batch_fits
+        self._concurrency = concurrency
+        self._backoff_base_s = backoff_base_s
+        self._backoff_cap_s = backoff_cap_s
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._by_key: dict[str, deque[E]] = {}
+        self._pending: dict[int, E] = {}  # insertion order is log order
+        self._ready: asyncio.Queue[str] = asyncio.Queue()
+        self._queued: set[str] = set()
+        self._busy: set[str] = set()
+        self._changed = asyncio.Condition()
+        self._failures = 0
+        self._resume_at = 0.0
+        self._probe = asyncio.Lock()
+        self._workers: list[asyncio.Task[None]] = []
+        self._applied_batches = 0
+        self._applied_records = 0
+        self._failed_attempts = 0
+        self._rejected_records = 0
+        self._last_lsn = 0
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Start the workers (call inside the event loop)."""
+        if not self._workers:
+            self._workers = [
+                asyncio.create_task(self._work(), name=f"memsdk-wal-flusher-{i}")
+                for i in range(self._concurrency)
+            ]
+
+    async def stop(self) -> None:
+        """Stop the workers; an interrupted batch stays pending (its replay is idempotent)."""
+        workers, self._workers = self._workers, []
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+
+    # ------------------------------------------------------------------ entries
+
+    def add(self, entry: E) -> None:
+        """Queue an acknowledged entry; entries must arrive in increasing lsn order."""
+        self._pending[entry.lsn] = entry
+        self._last_lsn = max(self._last_lsn, entry.lsn)
+        self._by_key.setdefault(entry.key, deque()).append(entry)
+        self._schedule(entry.key)
+
+    def pending_for(self, key: str) -> list[E]:
+        """Entries of `key` not yet in the store (in flight included), oldest first."""
+        queue = self._by_key.get(key)
+        return list(queue) if queue else []
+
+    def pending(self) -> Iterable[E]:
+        """Every entry not yet in the store, oldest first."""
+        return self._pending.values()
+
+    @property
+    def last_lsn(self) -> int:
+        """The newest lsn ever added."""
+        return self._last_lsn
+
+    def stats(self) -> FlusherStats:
+        """Counters; no I/O."""
+        return FlusherStats(
+            pending_records=len(self._pending),
+            pending_keys=len(self._by_key),
+            applied_batches=self._applied_batches,
+            applied_records=self._applied_records,
+            failed_attempts=self._failed_attempts,
+            rejected_records=self._rejected_records,
+        )
+
+    async def wait_through(self, lsn: int, timeout: float | None) -> None:  # noqa: ASYNC109
+        """Return once every entry up to `lsn` is done; FlushTimeoutError if not in time."""
+        await self._wait(lambda: self._oldest_lsn() > lsn, timeout)
+
+    async def wait_key(self, key: str, timeout: float | None) -> None:  # noqa: ASYNC109
+        """Return once `key` has no pending entry; FlushTimeoutError if not in time."""
+        await self._wait(lambda: key not in self._by_key, timeout)
+
+    async def _wait(self, done: Callable[[], bool], timeout: float | None) -> None:  # noqa: ASYNC109
+        try:
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait_for(done)
+        except TimeoutError as exc:
+            raise FlushTimeoutError from exc
+
+    def _oldest_lsn(self) -> int:
+        for lsn in self._pending:
+            return lsn
+        return self._last_lsn + 1
+
+    # ------------------------------------------------------------------ workers
+
+    def _schedule(self, key: str) -> None:
+        if key not in self._queued and key not in self._busy:
+            self._queued.add(key)
+            self._ready.put_nowait(key)
+
+    async def _work(self) -> None:
+        while True:
+            key = await self._ready.get()
+            self._queued.discard(key)
+            self._busy.add(key)
+            try:
+                await self._drain_one_batch(key)
+            finally:
+                self._busy.discard(key)
+                if key in self._by_key:
+                    self._schedule(key)
+
+    async def _drain_one_batch(self, key: str) -> None:
+        await self._wait_out_backoff()
+        if not self._failures:
+            await self._attempt(key)
+            return
+        # The store is failing: one probe at a time until a batch succeeds.
+        async with self._probe:
+            await self._wait_out_backoff()
+            await self._attempt(key)
+
+    async def _attempt(self, key: str) -> None:
+        queue = self._by_key.get(key)
+        if not queue:
+            return
+        batch = [queue[0]]
+        for entry in list(queue)[1:]:
+            if not self._batch_fits(batch, entry):
+                break
+            batch.append(entry)
+        try:
+            await self._apply(key, batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if self._is_retryable(exc):
+                self._failed_attempts += 1
+                self._failures += 1
+                delay = random.uniform(
+                    0, min(self._backoff_cap_s, self._backoff_base_s * 2 ** min(self._failures, 16))
+                )
+                self._resume_at = max(self._resume_at, self._now() + delay)
+                return
+            await self._on_reject(key, batch, exc)
+            self._rejected_records += len(batch)
+        else:
+            self._failures = 0
+            self._applied_batches += 1
+            self._applied_records += len(batch)
+        await self._done(key, batch)
+
+    async def _wait_out_backoff(self) -> None:
+        while (delay := self._resume_at - self._now()) > 0:
+            await self._sleep(delay)
+
+    async def _done(self, key: str, batch: list[E]) -> None:
+        queue = self._by_key[key]
+        for _ in batch:
+            queue.popleft()
+        if not queue:
+            del self._by_key[key]
+        for entry in batch:
+            self._pending.pop(entry.lsn, None)
+        self._confirm([entry.lsn for entry in batch])
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _now(self) -> float:
+        if self._monotonic is not None:
+            return self._monotonic()
+        return asyncio.get_running_loop().time()

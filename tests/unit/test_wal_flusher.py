@@ -1,0 +1,216 @@
+"""The flusher alone: order per session, batching, shared backoff, final failures, waits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pytest
+
+from memsdk.wal.flusher import Flusher, FlushTimeoutError
+
+
+@dataclass(frozen=True)
+class Entry:
+    lsn: int
+    key: str
+    size: int = 10
+
+
+class Transient(Exception):
+    pass
+
+
+class Final(Exception):
+    pass
+
+
+class Recorder:
+    """An `apply` whose outcome the test scripts; records every batch and concurrency."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[str, list[int]]] = []
+        self.failures: list[BaseException] = []
+        self.gate: asyncio.Event | None = None
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.confirmed: list[int] = []
+        self.rejected: list[tuple[str, list[int], str]] = []
+
+    async def apply(self, key: str, batch: list[Entry]) -> None:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            await asyncio.sleep(0)
+            if self.failures:
+                raise self.failures.pop(0)
+            self.batches.append((key, [e.lsn for e in batch]))
+        finally:
+            self.in_flight -= 1
+
+    async def reject(self, key: str, batch: list[Entry], exc: BaseException) -> None:
+        self.rejected.append((key, [e.lsn for e in batch], type(exc).__name__))
+
+
+def make(rec: Recorder, *, concurrency: int = 4, max_batch: int = 3) -> Flusher[Entry]:
+    def fits(batch: Sequence[Entry], entry: Entry) -> bool:
+        return len(batch) < max_batch
+
+    return Flusher(
+        apply=rec.apply,
+        confirm=rec.confirmed.extend,
+        is_retryable=lambda exc: isinstance(exc, Transient),
+        on_reject=rec.reject,
+        batch_fits=fits,
+        concurrency=concurrency,
+        backoff_base_s=0.001,
+        backoff_cap_s=0.01,
+    )
+
+
+async def test_one_session_in_log_order_in_batches_while_a_batch_is_in_flight() -> None:
+    rec = Recorder()
+    rec.gate = asyncio.Event()
+    flusher = make(rec)
+    flusher.start()
+    try:
+        flusher.add(Entry(1, "a"))
+        await asyncio.sleep(0.01)  # the first batch is now in flight, held by the gate
+        for lsn in range(2, 8):
+            flusher.add(Entry(lsn, "a"))
+        assert [e.lsn for e in flusher.pending_for("a")] == list(range(1, 8))
+        rec.gate.set()
+        await flusher.wait_through(7, timeout=5)
+    finally:
+        await flusher.stop()
+    assert rec.batches == [("a", [1]), ("a", [2, 3, 4]), ("a", [5, 6, 7])]
+    assert rec.confirmed == list(range(1, 8))
+    assert flusher.pending_for("a") == [] and flusher.stats().pending_records == 0
+
+
+async def test_sessions_drain_concurrently_and_each_keeps_its_order() -> None:
+    rec = Recorder()
+    flusher = make(rec, concurrency=4, max_batch=1)
+    flusher.start()
+    try:
+        lsn = 0
+        for _ in range(5):
+            for key in "abcdef":
+                lsn += 1
+                flusher.add(Entry(lsn, key))
+        await flusher.wait_through(lsn, timeout=5)
+    finally:
+        await flusher.stop()
+    for key in "abcdef":
+        seen = [lsns[0] for k, lsns in rec.batches if k == key]
+        assert seen == sorted(seen) and len(seen) == 5
+    assert sorted(rec.confirmed) == list(range(1, 31))
+
+
+async def test_while_the_store_fails_one_probe_at_a_time_then_everything_drains() -> None:
+    rec = Recorder()
+    rec.failures = [Transient() for _ in range(6)]
+    flusher = make(rec, concurrency=8, max_batch=1)
+    flusher.start()
+    try:
+        for lsn in range(1, 17):
+            flusher.add(Entry(lsn, f"s{lsn}"))
+        await flusher.wait_through(16, timeout=10)
+    finally:
+        await flusher.stop()
+    stats = flusher.stats()
+    assert stats.failed_attempts == 6 and stats.applied_records == 16
+    assert sorted(rec.confirmed) == list(range(1, 17))
+
+
+async def test_probes_are_serialized_during_failures() -> None:
+    rec = Recorder()
+    # Fail forever until the test lets go; count how many applies overlap meanwhile.
+    forever = True
+
+    async def failing(key: str, batch: list[Entry]) -> None:
+        rec.in_flight += 1
+        rec.max_in_flight = max(rec.max_in_flight, rec.in_flight)
+        try:
+            await asyncio.sleep(0.002)
+            if forever:
+                raise Transient
+        finally:
+            rec.in_flight -= 1
+
+    flusher: Flusher[Entry] = Flusher(
+        apply=failing,
+        confirm=rec.confirmed.extend,
+        is_retryable=lambda exc: isinstance(exc, Transient),
+        on_reject=rec.reject,
+        batch_fits=lambda batch, entry: False,
+        concurrency=8,
+        backoff_base_s=0.001,
+        backoff_cap_s=0.005,
+    )
+    flusher.start()
+    try:
+        for lsn in range(1, 9):
+            flusher.add(Entry(lsn, f"s{lsn}"))
+        await asyncio.sleep(0.3)
+        rec.max_in_flight = 0
+        await asyncio.sleep(0.3)
+        assert flusher.stats().failed_attempts > 8
+        assert rec.max_in_flight == 1  # one probe at a time once the store is failing
+        forever = False
+        await flusher.wait_through(8, timeout=10)
+    finally:
+        await flusher.stop()
+    assert sorted(rec.confirmed) == list(range(1, 9))
+
+
+async def test_a_final_failure_goes_to_on_reject_and_is_confirmed() -> None:
+    rec = Recorder()
+    rec.failures = [Final()]
+    flusher = make(rec, max_batch=1)
+    flusher.start()
+    try:
+        flusher.add(Entry(1, "a"))
+        flusher.add(Entry(2, "a"))
+        await flusher.wait_through(2, timeout=5)
+    finally:
+        await flusher.stop()
+    assert rec.rejected == [("a", [1], "Final")]
+    assert rec.batches == [("a", [2])]
+    assert rec.confirmed == [1, 2]
+    assert flusher.stats().rejected_records == 1
+
+
+async def test_waits_time_out_with_entries_still_pending() -> None:
+    rec = Recorder()
+    rec.gate = asyncio.Event()
+    flusher = make(rec)
+    flusher.start()
+    try:
+        flusher.add(Entry(1, "a"))
+        flusher.add(Entry(2, "b"))
+        with pytest.raises(FlushTimeoutError):
+            await flusher.wait_through(2, timeout=0.05)
+        with pytest.raises(FlushTimeoutError):
+            await flusher.wait_key("a", timeout=0.05)
+        rec.gate.set()
+        await flusher.wait_key("a", timeout=5)
+        await flusher.wait_through(2, timeout=5)
+    finally:
+        await flusher.stop()
+    assert flusher.stats().pending_records == 0
+
+
+async def test_stop_leaves_an_interrupted_batch_pending() -> None:
+    rec = Recorder()
+    rec.gate = asyncio.Event()
+    flusher = make(rec)
+    flusher.start()
+    flusher.add(Entry(1, "a"))
+    await asyncio.sleep(0.01)
+    await flusher.stop()
+    assert [e.lsn for e in flusher.pending()] == [1]
+    assert rec.confirmed == []
