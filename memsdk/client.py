@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
 
 from memsdk import session as rules
 from memsdk.cache.base import MetaCache, MetaCacheStats
 from memsdk.cache.lru import CachedWindow, ContextCache, turn_size
 from memsdk.config import Config, DynamoDBStoreSpec, SQLiteStoreSpec
 from memsdk.errors import (
+    BackpressureError,
     ClientClosedError,
     ConfigError,
     ContextLostError,
     InvalidInputError,
+    MemsdkError,
     SessionOwnershipError,
     StoreError,
     StoreUnavailableError,
@@ -26,8 +33,21 @@ from memsdk.errors import (
 from memsdk.ids import TurnIdGenerator
 from memsdk.models import AppendReceipt, Context, Health, Meta, Summary, Turn
 from memsdk.store.base import MetaRecord, SessionWrite, Store, TurnRecord
+from memsdk.write_buffer import (
+    BufferedAppend,
+    batch_fits,
+    decode_append,
+    encode_append,
+    overlay,
+)
+
+if TYPE_CHECKING:
+    from memsdk.wal.flusher import Flusher
+    from memsdk.wal.log import WriteAheadLog
 
 __all__ = ["Clock", "MemoryClient", "SystemClock"]
+
+logger = logging.getLogger(__name__)
 
 # Compare-and-set rounds before a write gives up; each lost round means another writer
 # committed to the same session in between (rare at 3 req/s per session). The real bound
@@ -117,8 +137,6 @@ class MemoryClient:
         meta_cache: MetaCache | None = None,
     ) -> None:
         self._config = config if config is not None else Config()
-        if self._config.wal_dir is not None:
-            raise ConfigError("wal_dir is not supported by this release yet: leave it None")
         self._store = store if store is not None else build_store(self._config)
         self._l2 = meta_cache if meta_cache is not None else build_meta_cache(self._config)
         self._l1 = ContextCache(self._config.l1_max_bytes)
@@ -127,6 +145,9 @@ class MemoryClient:
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._ids = TurnIdGenerator(self._clock.time_ms)
         self._background: set[asyncio.Future[Any]] = set()
+        self._wal: WriteAheadLog | None = None
+        self._flusher: Flusher[BufferedAppend] | None = None
+        self._wal_dropped_turns = 0
         self._state = "new"
 
     @property
@@ -139,15 +160,25 @@ class MemoryClient:
         if self._state == "closed":
             raise ClientClosedError("this MemoryClient was closed: create a new one")
         if self._state == "new":
-            await self._store.open()
-            if self._l2 is not None:
-                await self._l2.open()
+            # The WAL first: a locked or unusable wal_dir fails before any connection opens.
+            if self._config.wal_dir is not None:
+                await self._open_wal(self._config.wal_dir)
+            try:
+                await self._store.open()
+                if self._l2 is not None:
+                    await self._l2.open()
+            except BaseException:
+                await self._release_after_failed_open()
+                raise
+            if self._flusher is not None:
+                self._flusher.start()
             self._state = "open"
 
     async def aclose(self) -> None:
         """Release connections and threads; safe to call twice."""
         if self._state == "open":
             self._state = "closed"
+            await self._close_wal()
             if self._background:
                 # Cache repairs are best effort: give them a moment, then let them go.
                 _, pending = await asyncio.wait(self._background, timeout=1.0)
@@ -205,6 +236,10 @@ class MemoryClient:
                     f"load_context exceeded read_timeout={self._config.read_timeout}s; retry later",
                     session_id=session_id,
                 ) from exc
+        if self._flusher is not None:
+            pending = self._flusher.pending_for(session_id)
+            if pending:
+                ctx = overlay(ctx, pending, window, self._config.ttl_seconds)
         if ctx.meta is None:
             if expect_existing:
                 raise ContextLostError(
@@ -399,6 +434,8 @@ class MemoryClient:
         customer_id = rules.validate_customer_id(customer_id, session_id)
         checked = rules.validate_turns(session_id, turns, self._config.max_turn_bytes)
         self._check_open()
+        if self._wal is not None:
+            return await self._append_buffered(session_id, checked, customer_id)
 
         def plan(current: MetaRecord | None, now_ms: int) -> SessionWrite:
             return rules.plan_append(
@@ -412,7 +449,7 @@ class MemoryClient:
                 ids=self._ids,
             )
 
-        write = await self._commit(session_id, plan, operation="append_turns")
+        write = await self._commit_required(session_id, plan, operation="append_turns")
         return AppendReceipt(
             session_id=session_id, turn_ids=[t.turn_id for t in write.turns], durable=True
         )
@@ -449,10 +486,9 @@ class MemoryClient:
                 customer_id=customer_id,
                 now_ms=now_ms,
                 ttl_seconds=self._config.ttl_seconds,
-                ids=self._ids,
             )
 
-        write = await self._commit(session_id, plan, operation="update_meta")
+        write = await self._commit_required(session_id, plan, operation="update_meta")
         return rules.to_public_meta(write.meta)
 
     async def put_summary(
@@ -488,7 +524,16 @@ class MemoryClient:
                 max_bytes=self._config.max_turn_bytes,
             )
 
-        write = await self._commit(session_id, plan, operation="put_summary", read_first=True)
+        if self._flusher is not None and any(
+            t.turn_id <= through_turn_id
+            for e in self._flusher.pending_for(session_id)
+            for t in e.turns
+        ):
+            # The summary may cover turns still in the WAL: they must be in the store first.
+            await self._drain_session(session_id, operation="put_summary")
+        write = await self._commit_required(
+            session_id, plan, operation="put_summary", read_first=True
+        )
         assert write.summary is not None  # plan_summary always writes one
         s = write.summary
         return Summary(
@@ -500,6 +545,9 @@ class MemoryClient:
         rules.validate_session_id(session_id)
         customer_id = rules.validate_customer_id(customer_id, session_id)
         self._check_open()
+        if self._flusher is not None and self._flusher.pending_for(session_id):
+            # Turns acknowledged before the delete are deleted with it, not written after.
+            await self._drain_session(session_id, operation="delete_session")
         try:
             async with asyncio.timeout(self._config.write_timeout * 10):
                 await self._delete(session_id, customer_id)
@@ -539,13 +587,46 @@ class MemoryClient:
         )
 
     async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - public API (DESIGN §6)
-        """Wait until every buffered write is in the store (without a WAL nothing is buffered)."""
+        """Wait until every append acknowledged before this call is in the store.
+
+        Without a WAL nothing is buffered and this returns at once. With `timeout`, raises
+        StoreUnavailableError naming what is still pending; those records stay in the WAL
+        and keep draining in the background.
+        """
         self._check_open()
+        if self._flusher is None:
+            return
+        from memsdk.wal.flusher import FlushTimeoutError
+
+        try:
+            await self._flusher.wait_through(self._flusher.last_lsn, timeout)
+        except FlushTimeoutError:
+            raise StoreUnavailableError(
+                f"flush timed out after {timeout}s with {self._pending_summary()} still in the "
+                "write-ahead log; they stay there and drain when the store answers"
+            ) from None
 
     def health(self) -> Health:
         """A no-I/O snapshot of breakers, caches and the write-ahead log."""
         l1 = self._l1.stats()
         l2 = self._l2.stats() if self._l2 is not None else MetaCacheStats()
+        wal: dict[str, Any] = {}
+        if self._wal is not None and self._flusher is not None:
+            log = self._wal.stats()
+            oldest = log.oldest_pending_ms
+            wal = {
+                "wal_pending_records": log.pending_records,
+                "wal_pending_bytes": log.pending_bytes,
+                "wal_oldest_pending_age_s": (
+                    None if oldest is None else max(0.0, (self._clock.time_ms() - oldest) / 1000)
+                ),
+                "wal_segments": log.segments,
+                "wal_appends": log.appends,
+                "wal_fsyncs": log.fsyncs,
+                "wal_quarantined_segments": log.quarantined,
+                "wal_rejected_records": self._flusher.stats().rejected_records,
+                "wal_dropped_turns": self._wal_dropped_turns,
+            }
         return Health(
             store=self._store.description,
             store_breaker="off",
@@ -553,9 +634,9 @@ class MemoryClient:
             l1_entries=l1.entries,
             l1_bytes=l1.bytes,
             l1_max_bytes=l1.max_bytes,
-            wal_pending_records=0,
-            wal_pending_bytes=0,
-            wal_oldest_pending_age_s=None,
+            wal_pending_records=wal.pop("wal_pending_records", 0),
+            wal_pending_bytes=wal.pop("wal_pending_bytes", 0),
+            wal_oldest_pending_age_s=wal.pop("wal_oldest_pending_age_s", None),
             open=self._state == "open",
             consistency=self._config.consistency,
             redis=self._l2.description if self._l2 is not None else None,
@@ -565,6 +646,245 @@ class MemoryClient:
             redis_hits=l2.hits,
             redis_misses=l2.misses,
             redis_errors=l2.errors,
+            **wal,
+        )
+
+    # ------------------------------------------------------- write-ahead log
+
+    async def _open_wal(self, wal_dir: str) -> None:
+        """Open the log and queue what a previous run left unconfirmed (open() starts it)."""
+        from memsdk.wal.flusher import Flusher
+        from memsdk.wal.log import WalOptions, WriteAheadLog
+
+        cfg = self._config
+        options = WalOptions(
+            segment_bytes=min(cfg.wal_segment_bytes, max(4_096, cfg.wal_max_bytes // 4)),
+            max_bytes=cfg.wal_max_bytes,
+            group_commit_interval_s=cfg.wal_linger,
+            group_commit_max_records=cfg.wal_batch_records,
+        )
+        wal, report = await WriteAheadLog.open(wal_dir, options, clock_ms=self._clock.time_ms)
+        flusher: Flusher[BufferedAppend] = Flusher(
+            apply=self._flush_batch,
+            confirm=wal.confirm,
+            is_retryable=lambda exc: not _final_for_wal(exc),
+            on_reject=self._reject_batch,
+            batch_fits=batch_fits,
+            concurrency=cfg.wal_flush_concurrency,
+        )
+        self._wal, self._flusher = wal, flusher
+        unreadable: list[tuple[int, bytes]] = []
+        for record in report.pending:
+            try:
+                flusher.add(decode_append(record.lsn, record.payload, record.appended_at_ms))
+            except (msgspec.DecodeError, MemsdkError):
+                unreadable.append((record.lsn, record.payload))
+        if unreadable:
+            # A record that passed its CRC but is not an append of this format (written by
+            # another version?): keep it for an operator rather than drop or misread it.
+            await asyncio.to_thread(_write_rejected, wal_dir, [p for _, p in unreadable])
+            wal.confirm([lsn for lsn, _ in unreadable])
+            logger.error(
+                "WAL recovery: %d records could not be decoded; kept in rejected/",
+                len(unreadable),
+                extra={"wal_unreadable_records": len(unreadable)},
+            )
+        if report.pending:
+            logger.info(
+                "WAL recovery: replaying %d unconfirmed records",
+                len(report.pending),
+                extra={"wal_replay_records": len(report.pending)},
+            )
+        if report.truncated_bytes:
+            logger.warning(
+                "WAL recovery: cut a torn tail of %d bytes (a write interrupted by a crash; "
+                "it was never acknowledged)",
+                report.truncated_bytes,
+                extra={"wal_truncated_bytes": report.truncated_bytes},
+            )
+        for segment in report.quarantined:
+            logger.error(
+                "WAL recovery: segment %s is corrupt at offset %d (%s); records before it "
+                "are replayed, the segment is kept in quarantine/ for inspection",
+                segment.name,
+                segment.offset,
+                segment.reason,
+                extra={"wal_quarantined_segment": segment.name},
+            )
+
+    async def _release_after_failed_open(self) -> None:
+        if self._wal is not None:
+            await self._wal.close()
+            self._wal, self._flusher = None, None
+        if self._l2 is not None:
+            await self._l2.aclose()
+        await self._store.aclose()
+
+    async def _close_wal(self) -> None:
+        """Drain within wal_close_timeout, then leave the rest in the log for the next start."""
+        wal, flusher = self._wal, self._flusher
+        if wal is None or flusher is None:
+            return
+        from memsdk.wal.flusher import FlushTimeoutError
+
+        try:
+            await flusher.wait_through(flusher.last_lsn, self._config.wal_close_timeout)
+        except FlushTimeoutError:
+            logger.warning(
+                "close: %s still pending after wal_close_timeout=%ss; they stay in the "
+                "write-ahead log and are replayed when a client opens it again",
+                self._pending_summary(),
+                self._config.wal_close_timeout,
+                extra={"wal_pending_records": flusher.stats().pending_records},
+            )
+        await flusher.stop()
+        await wal.close()
+
+    def _pending_summary(self) -> str:
+        assert self._flusher is not None
+        pending = list(self._flusher.pending())
+        sessions = {e.session_id for e in pending}
+        age = ""
+        if pending:
+            oldest_s = (self._clock.time_ms() - pending[0].appended_at_ms) / 1000
+            age = f", the oldest {oldest_s:.1f}s old"
+        return (
+            f"{len(pending)} appends ({sum(e.size for e in pending)} bytes) of "
+            f"{len(sessions)} sessions{age}"
+        )
+
+    async def _append_buffered(
+        self, session_id: str, turns: list[Turn], customer_id: str | None
+    ) -> AppendReceipt:
+        """Fix the turns' ids, put them in the WAL, acknowledge after the fsync."""
+        assert self._wal is not None and self._flusher is not None
+        pending = self._flusher.pending_for(session_id)
+        known = self._meta_hints.get(session_id)
+        now_ms = self._clock.time_ms()
+        if known is None and not pending and customer_id is not None:
+            # Ownership needs the session's owner; one META read when this process has
+            # never seen the session. A store outage does not block the append: the
+            # flusher checks ownership again before anything is written.
+            try:
+                async with asyncio.timeout(self._config.read_timeout):
+                    known = await self._store.get_meta(session_id, consistent=True)
+            except (TimeoutError, StoreError):
+                known = None
+            if known is not None:
+                self._hint(known)
+        live = rules.live_meta(known, now_ms // 1000)
+        if live is not None:
+            rules.check_owner(live, customer_id)
+        owners = {e.customer_id for e in pending if e.customer_id is not None}
+        if customer_id is not None and owners - {customer_id}:
+            raise SessionOwnershipError(
+                "session belongs to another customer_id: no data was read or written; "
+                "check the session id the caller routed",
+                session_id=session_id,
+            )
+        after = rules.high_water(known) if known is not None else None
+        if pending and (after is None or pending[-1].turns[-1].turn_id > after):
+            after = pending[-1].turns[-1].turn_id
+        records = rules.new_turn_records(
+            turns,
+            self._ids.next_ids(len(turns), after=after),
+            now_ms=now_ms,
+            ttl_seconds=self._config.ttl_seconds,
+            retention_seconds=self._config.turn_retention_seconds,
+        )
+        owner = customer_id if customer_id is not None else next(iter(owners), None)
+        payload = encode_append(session_id, owner, records)
+        from memsdk.wal.log import WalFullError, WalIOError
+
+        try:
+            lsn = await self._wal.append(payload, timeout=self._config.write_timeout)
+        except WalFullError as exc:
+            raise BackpressureError(
+                f"the write-ahead log is full (wal_max_bytes={self._config.wal_max_bytes}) and "
+                f"did not free space within write_timeout={self._config.write_timeout}s: "
+                "nothing was written; slow down or retry when the store catches up",
+                session_id=session_id,
+            ) from exc
+        except WalIOError as exc:
+            raise BackpressureError(
+                "the write-ahead log could not write this append to disk (disk full or I/O "
+                "error): nothing was acknowledged; retry, and check the WAL disk",
+                session_id=session_id,
+            ) from exc
+        self._flusher.add(
+            BufferedAppend(
+                lsn=lsn,
+                session_id=session_id,
+                customer_id=owner,
+                turns=tuple(records),
+                size=len(payload),
+                appended_at_ms=now_ms,
+            )
+        )
+        return AppendReceipt(
+            session_id=session_id, turn_ids=[t.turn_id for t in records], durable=False
+        )
+
+    async def _drain_session(self, session_id: str, *, operation: str) -> None:
+        """Wait until the session's buffered appends are in the store (within write_timeout)."""
+        assert self._flusher is not None
+        from memsdk.wal.flusher import FlushTimeoutError
+
+        try:
+            await self._flusher.wait_key(session_id, self._config.write_timeout * 10)
+        except FlushTimeoutError:
+            raise StoreUnavailableError(
+                f"{operation} needs the session's buffered appends in the store first, and "
+                "they did not drain in time; nothing was changed, retry later",
+                session_id=session_id,
+            ) from None
+
+    async def _flush_batch(self, session_id: str, batch: list[BufferedAppend]) -> None:
+        """Write one batch of a session's buffered appends: its turns and META, one commit."""
+        remaining = [t for e in batch for t in e.turns]
+        owner = next((e.customer_id for e in batch if e.customer_id is not None), None)
+        dropped: list[TurnRecord] = []
+
+        def plan(current: MetaRecord | None, now_ms: int) -> SessionWrite | None:
+            write, gone = rules.plan_buffered_append(
+                current,
+                session_id=session_id,
+                turns=remaining,
+                customer_id=owner,
+                now_ms=now_ms,
+                ttl_seconds=self._config.ttl_seconds,
+            )
+            dropped[:] = gone
+            return write
+
+        def landed_before(turn_ids: frozenset[str]) -> None:
+            # An earlier run wrote part of these turns (a batch cut another way): skip them.
+            remaining[:] = [t for t in remaining if t.turn_id not in turn_ids]
+
+        await self._commit(session_id, plan, operation="flush", on_existing=landed_before)
+        if dropped:
+            self._wal_dropped_turns += len(dropped)
+            logger.warning(
+                "WAL flush: %d buffered turns were not written: the session was deleted, or "
+                "expired and started again, after they were acknowledged",
+                len(dropped),
+                extra={"session_id": session_id, "wal_dropped_turns": len(dropped)},
+            )
+
+    async def _reject_batch(
+        self, session_id: str, batch: list[BufferedAppend], exc: BaseException
+    ) -> None:
+        """Keep records the store will never take where an operator finds them; log it."""
+        assert self._config.wal_dir is not None
+        payloads = [encode_append(e.session_id, e.customer_id, e.turns) for e in batch]
+        await asyncio.to_thread(_write_rejected, self._config.wal_dir, payloads)
+        logger.error(
+            "WAL flush: the store refused %d buffered appends for good (%s: %s); they are "
+            "kept in the WAL's rejected/ folder",
+            len(batch),
+            type(exc).__name__,
+            exc,
+            extra={"session_id": session_id, "wal_rejected_records": len(batch)},
         )
 
     # ---------------------------------------------------------------- helpers
@@ -616,6 +936,12 @@ class MemoryClient:
             and cached.newest_first is not None
             and cached.meta.version == write.expected_version
             and cached.meta.floor_turn_id == meta.floor_turn_id
+            # Buffered turns may sort below turns another writer committed meanwhile.
+            and (
+                not new
+                or not cached.newest_first
+                or (new[-1].turn_id or "") > _newest_id(cached.newest_first)
+            )
         ):
             # L1 held exactly the META this write was based on: extend its window.
             self._cache_window(
@@ -664,7 +990,7 @@ class MemoryClient:
             return reported
         return await self._store.get_meta(session_id, consistent=True)
 
-    async def _commit(
+    async def _commit_required(
         self,
         session_id: str,
         plan: _Planner,
@@ -672,7 +998,24 @@ class MemoryClient:
         operation: str,
         read_first: bool = False,
     ) -> SessionWrite:
-        """Plan on the best-known META and commit; after a lost race, re-plan on the current one."""
+        write = await self._commit(session_id, plan, operation=operation, read_first=read_first)
+        if write is None:
+            raise AssertionError(f"{operation} planned no write")  # its planners always write
+        return write
+
+    async def _commit(
+        self,
+        session_id: str,
+        plan: _Planner,
+        *,
+        operation: str,
+        read_first: bool = False,
+        on_existing: Callable[[frozenset[str]], None] | None = None,
+    ) -> SessionWrite | None:
+        """Plan on the best-known META and commit; after a lost race, re-plan on the current one.
+
+        Returns the write applied, or None when the planner found nothing left to write.
+        """
         sent = False
         try:
             async with asyncio.timeout(self._config.write_timeout):
@@ -693,6 +1036,8 @@ class MemoryClient:
                             True,
                         )
                         continue
+                    if write is None:
+                        return None
                     sent = True
                     outcome = await self._store.commit(write)
                     if outcome.applied:
@@ -700,6 +1045,8 @@ class MemoryClient:
                         await self._write_through(write.meta)
                         return write
                     sent = False
+                    if outcome.existing_turn_ids and on_existing is not None:
+                        on_existing(outcome.existing_turn_ids)
                     conflicts += 1
                     if conflicts > 1:
                         # Writers that keep colliding would otherwise retry in lockstep.
@@ -727,4 +1074,27 @@ class MemoryClient:
 
 
 class _Planner(Protocol):
-    def __call__(self, current: MetaRecord | None, now_ms: int, /) -> SessionWrite: ...
+    def __call__(self, current: MetaRecord | None, now_ms: int, /) -> SessionWrite | None: ...
+
+
+def _newest_id(newest_first: tuple[Turn, ...]) -> str:
+    return newest_first[0].turn_id or ""
+
+
+def _write_rejected(wal_dir: str, payloads: list[bytes]) -> None:
+    """Append payloads, one JSON line each, to rejected/rejected.jsonl (0600, fsync'd)."""
+    folder = Path(wal_dir) / "rejected"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(folder / "rejected.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, b"".join(p + b"\n" for p in payloads))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _final_for_wal(exc: BaseException) -> bool:
+    """A flush failure that no retry can fix: the records go to rejected/, not round again."""
+    if isinstance(exc, StoreUnavailableError):
+        return False
+    return isinstance(exc, SessionOwnershipError | StoreError)

@@ -152,6 +152,16 @@ class Config:
     dynamodb_data_path: DynamoDBDataPath = "lean"
     # Redis is a cache on the hot path: a slow Redis must cost a miss, not a slow reply.
     redis_timeout: float = 0.1
+    # The write-ahead log (wal_dir set). Segments are capped at a quarter of wal_max_bytes
+    # so that confirmed segments can be deleted well before the budget is reached.
+    wal_segment_bytes: int = 64 * 1024 * 1024
+    # Group commit: 0 means no linger; appends that arrive during an fsync share the next.
+    wal_linger: float = 0.0
+    wal_batch_records: int = 256
+    # Sessions the background flusher writes to the store at once.
+    wal_flush_concurrency: int = 16
+    # How long aclose() waits for the WAL to drain before leaving records for the next start.
+    wal_close_timeout: float = 5.0
     store_spec: StoreSpec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -165,7 +175,12 @@ class Config:
             raise ConfigError(f"consistency must be one of {', '.join(_CONSISTENCY_MODES)}")
         _check_int("max_turn_bytes", self.max_turn_bytes, 1_024, DYNAMODB_ITEM_LIMIT - 8_192)
         _check_int("l1_max_bytes", self.l1_max_bytes, 0, 1 << 40)
-        _check_int("wal_max_bytes", self.wal_max_bytes, 1 << 20, 1 << 44)
+        _check_int("wal_max_bytes", self.wal_max_bytes, 1 << 14, 1 << 44)
+        _check_int("wal_segment_bytes", self.wal_segment_bytes, 1 << 12, 1 << 34)
+        _check_float("wal_linger", self.wal_linger, 0.0, 1.0)
+        _check_int("wal_batch_records", self.wal_batch_records, 1, 100_000)
+        _check_int("wal_flush_concurrency", self.wal_flush_concurrency, 1, 1_024)
+        _check_float("wal_close_timeout", self.wal_close_timeout, 0.0, 3_600.0)
         _check_float("read_timeout", self.read_timeout, 0.001, 600.0)
         _check_float("write_timeout", self.write_timeout, 0.001, 600.0)
         _check_int("turn_retention_seconds", self.turn_retention_seconds, 0, 10 * 365 * 86_400)

@@ -93,3 +93,10 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     redis_hits: int = 0
     redis_misses: int = 0
     redis_errors: int = 0
+    # The write-ahead log (all zero without wal_dir).
+    wal_segments: int = 0
+    wal_appends: int = 0
+    wal_fsyncs: int = 0
+    wal_quarantined_segments: int = 0
+    wal_rejected_records: int = 0
+    wal_dropped_turns: int = 0

@@ -1,0 +1,127 @@
+"""Buffered appends: the WAL record of one append, its codec, and the read-your-writes overlay.
+
+A buffered append is fixed when the WAL acknowledges it: its turn ids, created_at_ms and
+physical expiry are in the record, so a replay after a crash writes byte-identical TURN
+items and the store recognises them (see Store.commit, `existing_turn_ids`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgspec
+
+from memsdk import session as rules
+from memsdk.models import Context, Meta, Turn
+from memsdk.store.base import TurnRecord
+
+__all__ = ["BufferedAppend", "decode_append", "encode_append", "overlay"]
+
+# A buffered batch is one store transaction: META plus at most this many turns, and at
+# most this many payload bytes (the JSON payload is never smaller than the items' size).
+MAX_BATCH_TURNS = rules.MAX_TURNS_PER_APPEND
+MAX_BATCH_BYTES = rules.MAX_APPEND_BYTES
+
+
+class _AppendRecord(msgspec.Struct, frozen=True, kw_only=True, tag="append"):
+    """The payload of one WAL record (JSON: readable by `memsdk wal status` and by people)."""
+
+    session_id: str
+    customer_id: str | None
+    turns: list[TurnRecord]
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(_AppendRecord)
+
+
+@dataclass(frozen=True, slots=True)
+class BufferedAppend:
+    """One acknowledged append waiting for the store."""
+
+    lsn: int
+    session_id: str
+    customer_id: str | None
+    turns: tuple[TurnRecord, ...]
+    size: int
+    appended_at_ms: int
+
+    @property
+    def key(self) -> str:
+        """The flusher's key: a session's records are applied in order."""
+        return self.session_id
+
+
+def encode_append(session_id: str, customer_id: str | None, turns: Sequence[TurnRecord]) -> bytes:
+    """The WAL payload of an append."""
+    record = _AppendRecord(session_id=session_id, customer_id=customer_id, turns=list(turns))
+    return _encoder.encode(record)
+
+
+def decode_append(lsn: int, payload: bytes, appended_at_ms: int) -> BufferedAppend:
+    """Rebuild a BufferedAppend from its WAL payload; msgspec.DecodeError if it is not one."""
+    record = _decoder.decode(payload)
+    rules.validate_session_id(record.session_id)
+    return BufferedAppend(
+        lsn=lsn,
+        session_id=record.session_id,
+        customer_id=record.customer_id,
+        turns=tuple(record.turns),
+        size=len(payload),
+        appended_at_ms=appended_at_ms,
+    )
+
+
+def batch_fits(batch: Sequence[BufferedAppend], entry: BufferedAppend) -> bool:
+    """Whether `entry` joins `batch` in one store transaction."""
+    turns = sum(len(e.turns) for e in batch) + len(entry.turns)
+    size = sum(e.size for e in batch) + entry.size
+    return turns <= MAX_BATCH_TURNS and size <= MAX_BATCH_BYTES
+
+
+def overlay(
+    ctx: Context, pending: Sequence[BufferedAppend], last_n: int, ttl_seconds: int
+) -> Context:
+    """`ctx` with this process's pending turns merged in (read-your-writes).
+
+    A pending turn the store already returned is not counted twice: turns merge by id.
+    """
+    known = {t.turn_id for t in ctx.turns}
+    extra = [rules.to_public_turn(t) for e in pending for t in e.turns if t.turn_id not in known]
+    if not extra:
+        return ctx
+    merged = sorted([*ctx.turns, *extra], key=_turn_id)
+    newest_first = merged[::-1]
+    count = rules.select_window(newest_first, last_n, True) or 0
+    window = newest_first[:count][::-1]
+    newest = extra[-1] if _turn_id(extra[-1]) >= _turn_id(merged[-1]) else merged[-1]
+    newest_ms = max(t.created_at_ms or 0 for t in extra)
+    expires_at = newest_ms // 1000 + ttl_seconds
+    meta = ctx.meta
+    if meta is None:
+        owner = next((e.customer_id for e in pending if e.customer_id is not None), None)
+        meta = Meta(
+            session_id=ctx.session_id,
+            customer_id=owner,
+            created_at_ms=min(t.created_at_ms or 0 for t in extra),
+            updated_at_ms=newest_ms,
+            turn_count=len(extra),
+            last_turn_id=newest.turn_id,
+            page_context={},
+            expires_at=expires_at,
+            attributes={},
+        )
+    else:
+        meta = msgspec.structs.replace(
+            meta,
+            turn_count=meta.turn_count + len(extra),
+            last_turn_id=max(meta.last_turn_id or "", _turn_id(newest)),
+            updated_at_ms=max(meta.updated_at_ms, newest_ms),
+            expires_at=max(meta.expires_at, expires_at),
+        )
+    return msgspec.structs.replace(ctx, meta=meta, turns=window, source=f"{ctx.source}+wal")
+
+
+def _turn_id(turn: Turn) -> str:
+    return turn.turn_id or ""
