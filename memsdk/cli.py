@@ -1,4 +1,4 @@
-"""The `memsdk` command: simulate, create-table, inspect."""
+"""The `memsdk` command: simulate, create-table, inspect, wal status|replay."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 from memsdk.config import Config, DynamoDBStoreSpec
@@ -44,12 +45,26 @@ def _build_parser() -> argparse.ArgumentParser:
     inspect.add_argument(
         "--show-content", action="store_true", help="print turn text (off by default: privacy)"
     )
+
+    wal = sub.add_parser("wal", help="inspect or drain a write-ahead log directory")
+    wal_sub = wal.add_subparsers(dest="wal_command", required=True)
+    status = wal_sub.add_parser("status", help="segments, pending records and bytes, oldest age")
+    status.add_argument("--wal-dir", default=os.environ.get("MEMSDK_WAL_DIR"))
+    replay = wal_sub.add_parser("replay", help="drain the log to the store and report")
+    replay.add_argument("--wal-dir", default=os.environ.get("MEMSDK_WAL_DIR"))
+    _store_arg(replay, None)
+    replay.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `memsdk` console script; returns the exit code."""
     args = _build_parser().parse_args(argv)
+    if args.command == "wal" and not args.wal_dir:
+        print("memsdk: --wal-dir DIR (or MEMSDK_WAL_DIR) is required", file=sys.stderr)
+        return 2
+    if args.command == "wal" and args.wal_command == "status":
+        return _wal_status(args.wal_dir)
     if not args.store:
         print("memsdk: --store URL (or MEMSDK_STORE) is required", file=sys.stderr)
         return 2
@@ -58,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_simulate(args))
         if args.command == "create-table":
             return asyncio.run(_create_table(args))
+        if args.command == "wal":
+            return asyncio.run(_wal_replay(args))
         return asyncio.run(_inspect(args))
     except MemsdkError as exc:
         print(f"memsdk: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -120,4 +137,43 @@ async def _inspect(args: argparse.Namespace) -> int:
     for t in ctx.turns:
         text = f"  {t.content!r}" if args.show_content else f"  {len(t.content.encode())} bytes"
         print(f"  {t.turn_id}  {t.role:<9} {t.intent or '-':<20}{text}")
+    return 0
+
+
+def _wal_status(wal_dir: str) -> int:
+    """Print what a WAL directory holds, without taking its lock; 1 if segments are quarantined."""
+    from memsdk.wal.log import inspect_wal
+
+    if not os.path.isdir(wal_dir):
+        print("memsdk: the WAL directory does not exist", file=sys.stderr)
+        return 2
+    stats = inspect_wal(wal_dir)
+    age = "-"
+    if stats.oldest_pending_ms is not None:
+        age = f"{max(0.0, time.time() - stats.oldest_pending_ms / 1000):.1f}s"
+    print(f"segments            {stats.segments} ({stats.bytes_on_disk} bytes on disk)")
+    print(f"pending records     {stats.pending_records}")
+    print(f"pending bytes       {stats.pending_bytes}")
+    print(f"oldest pending age  {age}")
+    print(f"quarantined         {stats.quarantined}")
+    if stats.quarantined:
+        print("memsdk: quarantined segments need an operator: see docs/durability.md")
+        return 1
+    return 0
+
+
+async def _wal_replay(args: argparse.Namespace) -> int:
+    from memsdk.client import MemoryClient
+
+    config = Config.from_env(store=args.store, wal_dir=args.wal_dir)
+    started = time.monotonic()
+    async with MemoryClient(config) as mem:
+        before = mem.health()
+        await mem.flush(timeout=args.timeout)
+        after = mem.health()
+    print(
+        f"replayed {before.wal_pending_records} records ({before.wal_pending_bytes} bytes) "
+        f"in {time.monotonic() - started:.1f}s; {after.wal_pending_records} pending, "
+        f"{after.wal_rejected_records} rejected, {after.wal_dropped_turns} turns dropped"
+    )
     return 0

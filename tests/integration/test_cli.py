@@ -68,3 +68,36 @@ def test_create_table_is_idempotent(dynamodb_local: DynamoDBLocal) -> None:
     assert "created" in first.stdout
     second = memsdk("create-table", "--store", url)
     assert second.returncode == 0 and "already existed" in second.stdout
+
+
+def test_wal_status_and_replay(tmp_path: Path) -> None:
+    import asyncio
+
+    from memsdk import Config, MemoryClient, Turn
+    from memsdk.client import build_store
+    from memsdk.testing import FaultyStore
+
+    db, wal = f"sqlite:///{tmp_path}/mem.db", str(tmp_path / "wal")
+
+    async def leave_records_behind() -> None:
+        # The store is down for this client: its appends stay in the WAL when it closes.
+        config = Config(store=db, wal_dir=wal, wal_close_timeout=0.05)
+        store = FaultyStore(build_store(config))
+        store.down = True
+        async with MemoryClient(config, store=store) as mem:
+            for i in range(3):
+                await mem.append_turns("s1", [Turn(role="user", content=f"secret-{i}")])
+
+    asyncio.run(leave_records_behind())
+    status = memsdk("wal", "status", "--wal-dir", wal)
+    assert status.returncode == 0, status.stderr
+    assert "pending records     3" in status.stdout
+    assert "secret" not in status.stdout and str(tmp_path) not in status.stdout
+    replay = memsdk("wal", "replay", "--wal-dir", wal, "--store", db)
+    assert replay.returncode == 0, replay.stderr
+    assert replay.stdout.startswith("replayed 3 records") and "0 pending" in replay.stdout
+    assert "pending records     0" in memsdk("wal", "status", "--wal-dir", wal).stdout
+    shown = memsdk("inspect", "--store", db, "s1", "--show-content")
+    assert [f"secret-{i}" in shown.stdout for i in range(3)] == [True] * 3
+    assert "turn_count    3" in shown.stdout
+    assert memsdk("wal", "status").returncode == 2  # no --wal-dir, no MEMSDK_WAL_DIR
