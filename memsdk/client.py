@@ -36,6 +36,7 @@ from memsdk.store.base import MetaRecord, SessionWrite, Store, TurnRecord
 from memsdk.write_buffer import (
     BufferedAppend,
     batch_fits,
+    buffered_append,
     decode_append,
     encode_append,
     overlay,
@@ -525,9 +526,7 @@ class MemoryClient:
             )
 
         if self._flusher is not None and any(
-            t.turn_id <= through_turn_id
-            for e in self._flusher.pending_for(session_id)
-            for t in e.turns
+            e.first_turn_id <= through_turn_id for e in self._flusher.pending_for(session_id)
         ):
             # The summary may cover turns still in the WAL: they must be in the store first.
             await self._drain_session(session_id, operation="put_summary")
@@ -783,8 +782,8 @@ class MemoryClient:
                 session_id=session_id,
             )
         after = rules.high_water(known) if known is not None else None
-        if pending and (after is None or pending[-1].turns[-1].turn_id > after):
-            after = pending[-1].turns[-1].turn_id
+        if pending and (after is None or pending[-1].last_turn_id > after):
+            after = pending[-1].last_turn_id
         records = rules.new_turn_records(
             turns,
             self._ids.next_ids(len(turns), after=after),
@@ -811,16 +810,7 @@ class MemoryClient:
                 "error): nothing was acknowledged; retry, and check the WAL disk",
                 session_id=session_id,
             ) from exc
-        self._flusher.add(
-            BufferedAppend(
-                lsn=lsn,
-                session_id=session_id,
-                customer_id=owner,
-                turns=tuple(records),
-                size=len(payload),
-                appended_at_ms=now_ms,
-            )
-        )
+        self._flusher.add(buffered_append(lsn, session_id, owner, records, payload, now_ms))
         return AppendReceipt(
             session_id=session_id, turn_ids=[t.turn_id for t in records], durable=False
         )
@@ -841,7 +831,7 @@ class MemoryClient:
 
     async def _flush_batch(self, session_id: str, batch: list[BufferedAppend]) -> None:
         """Write one batch of a session's buffered appends: its turns and META, one commit."""
-        remaining = [t for e in batch for t in e.turns]
+        remaining = [t for e in batch for t in e.turns()]
         owner = next((e.customer_id for e in batch if e.customer_id is not None), None)
         dropped: list[TurnRecord] = []
 
@@ -876,7 +866,7 @@ class MemoryClient:
     ) -> None:
         """Keep records the store will never take where an operator finds them; log it."""
         assert self._config.wal_dir is not None
-        payloads = [encode_append(e.session_id, e.customer_id, e.turns) for e in batch]
+        payloads = [e.payload for e in batch]
         await asyncio.to_thread(_write_rejected, self._config.wal_dir, payloads)
         logger.error(
             "WAL flush: the store refused %d buffered appends for good (%s: %s); they are "

@@ -16,7 +16,14 @@ from memsdk import session as rules
 from memsdk.models import Context, Meta, Turn
 from memsdk.store.base import TurnRecord
 
-__all__ = ["BufferedAppend", "decode_append", "encode_append", "overlay"]
+__all__ = [
+    "BufferedAppend",
+    "batch_fits",
+    "buffered_append",
+    "decode_append",
+    "encode_append",
+    "overlay",
+]
 
 # A buffered batch is one store transaction: META plus at most this many turns, and at
 # most this many payload bytes (the JSON payload is never smaller than the items' size).
@@ -38,19 +45,55 @@ _decoder = msgspec.json.Decoder(_AppendRecord)
 
 @dataclass(frozen=True, slots=True)
 class BufferedAppend:
-    """One acknowledged append waiting for the store."""
+    """One acknowledged append waiting for the store.
+
+    It keeps the encoded payload, not the decoded turns: a backlog built up during an outage
+    then costs about as much memory as it costs disk (wal_max_bytes bounds both).
+    """
 
     lsn: int
     session_id: str
     customer_id: str | None
-    turns: tuple[TurnRecord, ...]
-    size: int
+    payload: bytes
+    turn_count: int
+    first_turn_id: str
+    last_turn_id: str
     appended_at_ms: int
 
     @property
     def key(self) -> str:
         """The flusher's key: a session's records are applied in order."""
         return self.session_id
+
+    @property
+    def size(self) -> int:
+        """Payload bytes (what the flusher batches by)."""
+        return len(self.payload)
+
+    def turns(self) -> list[TurnRecord]:
+        """Decode the turns (done when flushing or overlaying, not kept)."""
+        return _decoder.decode(self.payload).turns
+
+
+def buffered_append(
+    lsn: int,
+    session_id: str,
+    customer_id: str | None,
+    turns: Sequence[TurnRecord],
+    payload: bytes,
+    appended_at_ms: int,
+) -> BufferedAppend:
+    """The in-memory entry of an append whose payload the WAL acknowledged."""
+    return BufferedAppend(
+        lsn=lsn,
+        session_id=session_id,
+        customer_id=customer_id,
+        payload=payload,
+        turn_count=len(turns),
+        first_turn_id=turns[0].turn_id,
+        last_turn_id=turns[-1].turn_id,
+        appended_at_ms=appended_at_ms,
+    )
 
 
 def encode_append(session_id: str, customer_id: str | None, turns: Sequence[TurnRecord]) -> bytes:
@@ -63,19 +106,16 @@ def decode_append(lsn: int, payload: bytes, appended_at_ms: int) -> BufferedAppe
     """Rebuild a BufferedAppend from its WAL payload; msgspec.DecodeError if it is not one."""
     record = _decoder.decode(payload)
     rules.validate_session_id(record.session_id)
-    return BufferedAppend(
-        lsn=lsn,
-        session_id=record.session_id,
-        customer_id=record.customer_id,
-        turns=tuple(record.turns),
-        size=len(payload),
-        appended_at_ms=appended_at_ms,
+    if not record.turns:
+        raise msgspec.DecodeError("a WAL append record without turns")
+    return buffered_append(
+        lsn, record.session_id, record.customer_id, record.turns, payload, appended_at_ms
     )
 
 
 def batch_fits(batch: Sequence[BufferedAppend], entry: BufferedAppend) -> bool:
     """Whether `entry` joins `batch` in one store transaction."""
-    turns = sum(len(e.turns) for e in batch) + len(entry.turns)
+    turns = sum(e.turn_count for e in batch) + entry.turn_count
     size = sum(e.size for e in batch) + entry.size
     return turns <= MAX_BATCH_TURNS and size <= MAX_BATCH_BYTES
 
@@ -88,7 +128,7 @@ def overlay(
     A pending turn the store already returned is not counted twice: turns merge by id.
     """
     known = {t.turn_id for t in ctx.turns}
-    extra = [rules.to_public_turn(t) for e in pending for t in e.turns if t.turn_id not in known]
+    extra = [rules.to_public_turn(t) for e in pending for t in e.turns() if t.turn_id not in known]
     if not extra:
         return ctx
     merged = sorted([*ctx.turns, *extra], key=_turn_id)
