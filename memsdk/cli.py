@@ -34,6 +34,11 @@ def _build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--duration", type=float, default=10.0, help="seconds of load (default 10)")
     sim.add_argument("--sessions", type=int, default=50, help="concurrent sessions (default 50)")
     sim.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    sim.add_argument(
+        "--wal-dir",
+        default=os.environ.get("MEMSDK_WAL_DIR"),
+        help="buffer appends in a write-ahead log in this directory (default: synchronous)",
+    )
 
     table = sub.add_parser("create-table", help="create the DynamoDB table (idempotent)")
     _store_arg(table, None)
@@ -87,7 +92,7 @@ async def _simulate(args: argparse.Namespace) -> int:
     if args.duration <= 0 or args.sessions < 1:
         print("memsdk: --duration must be > 0 and --sessions >= 1", file=sys.stderr)
         return 2
-    config = Config.from_env(store=args.store)
+    config = Config.from_env(store=args.store, wal_dir=args.wal_dir)
     print(
         f"simulating {args.sessions} sessions for {args.duration:.0f}s "
         f"on {config.store.split('?')[0].split('://')[0]} ...",

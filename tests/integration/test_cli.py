@@ -34,6 +34,22 @@ def test_simulate_on_embedded_store_verifies_every_turn(tmp_path: Path) -> None:
     assert "append_turns" in out.stdout and "load_context" in out.stdout
 
 
+def test_simulate_with_a_wal_verifies_the_store_not_the_overlay(tmp_path: Path) -> None:
+    out = memsdk(
+        "simulate",
+        "--store",
+        f"sqlite:///{tmp_path}/sim.db",
+        "--wal-dir",
+        str(tmp_path / "wal"),
+        "--duration",
+        "2",
+        "--sessions",
+        "10",
+    )
+    assert out.returncode == 0, out.stderr
+    assert "verification OK" in out.stdout and " 0 missing" in out.stdout
+
+
 def test_inspect_hides_content_unless_asked(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path}/sim.db"
     assert memsdk("simulate", "--store", db, "--duration", "1", "--sessions", "1").returncode == 0
