@@ -222,6 +222,9 @@ class MemoryClient:
                 "last_n must be an integer in [1, 10000]", session_id=session_id
             )
         self._check_open()
+        # Taken before the read: an append the flusher commits while the read is in flight
+        # is then in this snapshot even if the read missed it (read-your-writes).
+        pending = self._flusher.pending_for(session_id) if self._flusher is not None else []
         ctx: Context | None = None
         if self._config.consistency == "sticky":
             # Sticky routing: this process saw every write of the session; trust L1.
@@ -237,10 +240,9 @@ class MemoryClient:
                     f"load_context exceeded read_timeout={self._config.read_timeout}s; retry later",
                     session_id=session_id,
                 ) from exc
-        if self._flusher is not None:
-            pending = self._flusher.pending_for(session_id)
-            if pending:
-                ctx = overlay(ctx, pending, window, self._config.ttl_seconds)
+        if pending and self._flusher is not None:
+            still = {e.lsn for e in self._flusher.pending_for(session_id)}
+            ctx = overlay(ctx, pending, still, window, self._config.ttl_seconds)
         if ctx.meta is None:
             if expect_existing:
                 raise ContextLostError(

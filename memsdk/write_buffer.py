@@ -7,7 +7,7 @@ items and the store recognises them (see Store.commit, `existing_turn_ids`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 
 import msgspec
@@ -121,44 +121,63 @@ def batch_fits(batch: Sequence[BufferedAppend], entry: BufferedAppend) -> bool:
 
 
 def overlay(
-    ctx: Context, pending: Sequence[BufferedAppend], last_n: int, ttl_seconds: int
+    ctx: Context,
+    before: Sequence[BufferedAppend],
+    still_pending: Set[int],
+    last_n: int,
+    ttl_seconds: int,
 ) -> Context:
     """`ctx` with this process's pending turns merged in (read-your-writes).
 
-    A pending turn the store already returned is not counted twice: turns merge by id.
+    `before` is the session's pending entries taken *before* the read began, and
+    `still_pending` the lsns still pending after it ended. An entry the flusher committed
+    while the read was in flight is in `before`; whether the read saw it is decided per
+    turn: a stored turn newer than the window's oldest (or any stored turn, when the window
+    holds the whole session) is in the window. Older ones are outside the window either way
+    and count toward `turn_count` only if still pending after the read.
     """
-    known = {t.turn_id for t in ctx.turns}
-    extra = [rules.to_public_turn(t) for e in pending for t in e.turns() if t.turn_id not in known]
-    if not extra:
+    shown = {t.turn_id for t in ctx.turns}
+    oldest = ctx.turns[0].turn_id if ctx.turns else None
+    whole_session = len(ctx.turns) < last_n
+    extra: list[Turn] = []
+    uncounted = 0
+    for entry in before:
+        for record in entry.turns():
+            if record.turn_id in shown:
+                continue
+            if ctx.meta is None or whole_session or oldest is None or record.turn_id > oldest:
+                extra.append(rules.to_public_turn(record))
+            elif entry.lsn in still_pending:
+                uncounted += 1
+    if not extra and not uncounted:
         return ctx
     merged = sorted([*ctx.turns, *extra], key=_turn_id)
     newest_first = merged[::-1]
     count = rules.select_window(newest_first, last_n, True) or 0
     window = newest_first[:count][::-1]
-    newest = extra[-1] if _turn_id(extra[-1]) >= _turn_id(merged[-1]) else merged[-1]
-    newest_ms = max(t.created_at_ms or 0 for t in extra)
-    expires_at = newest_ms // 1000 + ttl_seconds
+    newest_ms = max((t.created_at_ms or 0 for t in extra), default=0)
+    newest_id = _turn_id(merged[-1]) if merged else ""
     meta = ctx.meta
     if meta is None:
-        owner = next((e.customer_id for e in pending if e.customer_id is not None), None)
+        owner = next((e.customer_id for e in before if e.customer_id is not None), None)
         meta = Meta(
             session_id=ctx.session_id,
             customer_id=owner,
             created_at_ms=min(t.created_at_ms or 0 for t in extra),
             updated_at_ms=newest_ms,
             turn_count=len(extra),
-            last_turn_id=newest.turn_id,
+            last_turn_id=newest_id,
             page_context={},
-            expires_at=expires_at,
+            expires_at=newest_ms // 1000 + ttl_seconds,
             attributes={},
         )
     else:
         meta = msgspec.structs.replace(
             meta,
-            turn_count=meta.turn_count + len(extra),
-            last_turn_id=max(meta.last_turn_id or "", _turn_id(newest)),
+            turn_count=meta.turn_count + len(extra) + uncounted,
+            last_turn_id=max(meta.last_turn_id or "", newest_id),
             updated_at_ms=max(meta.updated_at_ms, newest_ms),
-            expires_at=max(meta.expires_at, expires_at),
+            expires_at=max(meta.expires_at, newest_ms // 1000 + ttl_seconds),
         )
     return msgspec.structs.replace(ctx, meta=meta, turns=window, source=f"{ctx.source}+wal")
 

@@ -258,3 +258,44 @@ async def test_one_wal_dir_per_process_and_private_files(
 def _modes(root: Path) -> tuple[int, set[int]]:
     files = [p for p in root.rglob("*") if p.is_file()]
     return stat.S_IMODE(root.stat().st_mode), {stat.S_IMODE(p.stat().st_mode) for p in files}
+
+
+class StaleReads(FaultyStore):
+    """Reads return what the store held when they began, but only after `released` is set."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.hold_reads = False
+        self.released = asyncio.Event()
+
+    async def get_meta(self, session_id: str, *, consistent: bool) -> Any:
+        result = await super().get_meta(session_id, consistent=consistent)
+        if self.hold_reads:
+            await self.released.wait()
+        return result
+
+    async def query_turns(self, session_id: str, **kwargs: Any) -> Any:
+        result = await super().query_turns(session_id, **kwargs)
+        if self.hold_reads:
+            await self.released.wait()
+        return result
+
+
+async def test_appends_flushed_during_a_read_are_still_read_back(
+    open_client: Any, store_settings: dict[str, Any], wal_dir: str
+) -> None:
+    store = faulty(store_settings, StaleReads)
+    store.down = True  # appends stay pending
+    mem = await open_client(store=store, wal_dir=wal_dir)
+    await mem.append_turns("s1", pair(0), customer_id="C1")
+    await mem.append_turns("s1", pair(1), customer_id="C1")
+    store.hold_reads = True
+    store.down = False
+    # The read starts, sees the store before the flush, and returns after the flush.
+    read = asyncio.ensure_future(mem.load_context("s1", customer_id="C1"))
+    await asyncio.sleep(0)
+    await mem.flush(timeout=30)
+    store.released.set()
+    ctx = await read
+    assert [t.content for t in ctx.turns] == ["q0", "a0", "q1", "a1"]
+    assert ctx.meta is not None and ctx.meta.turn_count == 4
