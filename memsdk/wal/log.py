@@ -19,8 +19,10 @@ segment's first frame.
 
 Durability: an append returns after its frame is fsync'd. One writer task takes what is
 queued, writes it with one write and one fsync in a worker thread, then resolves the callers
-(group commit). A failed write or fsync is never retried (fsyncgate): the batch fails, the
-segment is sealed and the next batch starts a new segment.
+(group commit). Confirmations need no fsync of their own: they ride with the next append's
+fsync, and one lost in a power cut only makes a confirmed record replay (idempotently).
+A failed write or fsync is never retried (fsyncgate): the batch fails, the segment is
+sealed and the next batch starts a new segment.
 
 Recovery (in `WriteAheadLog.open`): a bad frame with no valid frame after it is a torn tail
 and is cut off; a bad frame followed by a valid one is corruption: the records before it are
@@ -610,11 +612,12 @@ class WriteAheadLog:
             fd, segment.fd = segment.fd, -1
             os.close(fd)
 
-    def _flush(self, segment: _Segment, parts: list[bytes]) -> None:
+    def _flush(self, segment: _Segment, parts: list[bytes], sync: bool) -> None:
         data = b"".join(parts)
         try:
             self._write_all(segment.fd, data)
-            self._fsync(segment.fd)
+            if sync:
+                self._fsync(segment.fd)
         except OSError:
             try:
                 segment.size = os.fstat(segment.fd).st_size
@@ -624,8 +627,13 @@ class WriteAheadLog:
         segment.size += len(data)
 
     def _write_batch(self, frames: list[tuple[int, int, bytes, bytes]]) -> _BatchResult:
-        """Write frames (type, lsn, stamp, body) in lsn order; one write + fsync per segment."""
+        """Write frames (type, lsn, stamp, body) in lsn order; one write + fsync per segment.
+
+        A batch of confirmations alone is written without an fsync: losing one costs an
+        idempotent replay, never a record, and the next append's fsync persists it anyway.
+        """
         self._batches += 1
+        sync = any(kind == _APPEND for kind, _, _, _ in frames)
         homes: list[_Segment] = []
         created: list[_Segment] = []
         parts: list[bytes] = []
@@ -638,7 +646,7 @@ class WriteAheadLog:
                 if segment is not None:
                     used = segment.size + queued
                     if used + frame_bytes > limit and used > SEGMENT_HEADER_BYTES:
-                        self._flush(segment, parts)
+                        self._flush(segment, parts, sync)
                         parts, queued = [], 0
                         self._seal_active()
                         segment = None
@@ -652,7 +660,7 @@ class WriteAheadLog:
                 if kind == _APPEND:
                     homes.append(segment)
             if self._active is not None and parts:
-                self._flush(self._active, parts)
+                self._flush(self._active, parts, sync)
         except OSError as exc:
             self._seal_active()  # never write to it again: its page cache state is unknown
             return _BatchResult([], created, exc)

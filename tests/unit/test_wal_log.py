@@ -738,3 +738,18 @@ async def test_flush_and_close_after_close(tmp_path: Path) -> None:
     log, _ = await reopen(tmp_path / "wal")
     await asyncio.gather(log.close(), log.close())
     await log.flush()
+
+
+async def test_confirmations_alone_cost_no_fsync_and_survive_a_clean_close(
+    tmp_path: Path,
+) -> None:
+    wal_dir = tmp_path / "wal"
+    log, _ = await reopen(wal_dir)
+    lsns = [await log.append(p) for p in PAYLOADS]
+    fsyncs = log.stats().fsyncs
+    for lsn in lsns:
+        log.confirm([lsn])
+        await log.flush()
+    assert log.stats().fsyncs == fsyncs  # written, not fsync'd: a loss only means a replay
+    await log.close()
+    assert (await recover(wal_dir)).pending == []
