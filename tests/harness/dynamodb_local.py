@@ -81,10 +81,16 @@ async def create_test_table(endpoint: str, name: str) -> DynamoDBStoreSpec:
 
 
 class DynamoDBLocal:
-    """One in-memory DynamoDB Local process on a free loopback port."""
+    """One DynamoDB Local process on a free loopback port.
 
-    def __init__(self, *, startup_timeout: float = 60.0) -> None:
+    In memory by default. With `db_path`, the tables live in one shared SQLite file under
+    that directory (`-sharedDb -dbPath`), so that `restart()` (stop, then start on the same
+    port) brings the server back with its data: an outage a test can end.
+    """
+
+    def __init__(self, *, startup_timeout: float = 60.0, db_path: Path | None = None) -> None:
         self.startup_timeout = startup_timeout
+        self.db_path = db_path
         self.port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -101,8 +107,24 @@ class DynamoDBLocal:
         """Launch the server and wait until it answers HTTP; raise with the log tail if not."""
         if self._proc is not None:
             return
+        self._launch(free_port())
+
+    def restart(self) -> None:
+        """Stop the server, then start it again on the same port (keeping data with db_path)."""
+        if self.port is None:
+            raise RuntimeError("DynamoDBLocal was never started")
+        port = self.port
+        self.stop()
+        self._launch(port)
+
+    def _launch(self, port: int) -> None:
         jar_dir = ensure_jar()
-        self.port = free_port()
+        self.port = port
+        if self.db_path is None:
+            storage = ["-inMemory"]
+        else:
+            self.db_path.mkdir(parents=True, exist_ok=True)
+            storage = ["-sharedDb", "-dbPath", str(self.db_path)]
         log_dir = cache_dir() / "dynamodb-local"
         log_dir.mkdir(parents=True, exist_ok=True)
         self._log_path = log_dir / f"dynamodb-local-{self.port}.log"
@@ -113,7 +135,7 @@ class DynamoDBLocal:
                 f"-Djava.library.path={jar_dir / 'DynamoDBLocal_lib'}",
                 "-jar",
                 str(jar_dir / "DynamoDBLocal.jar"),
-                "-inMemory",
+                *storage,
                 "-port",
                 str(self.port),
             ],
