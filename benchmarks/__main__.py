@@ -175,7 +175,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 async def _run(suite: str, endpoint: str, settings: Any) -> list[dict[str, Any]]:
-    from benchmarks import cache, core, data_path
+    from benchmarks import cache, core, data_path, wal
 
     results: list[dict[str, Any]] = []
     if suite in ("all", "core"):
@@ -184,6 +184,8 @@ async def _run(suite: str, endpoint: str, settings: Any) -> list[dict[str, Any]]
         results += await data_path.run_all(endpoint, settings, _progress)
     if suite in ("all", "cache"):
         results += await cache.run_cache(endpoint, settings, _progress)
+    if suite in ("all", "wal"):
+        results += await wal.run_wal(endpoint, settings, _progress)
     return results
 
 
@@ -202,10 +204,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, help="override warm-up rounds per benchmark")
     parser.add_argument(
         "--suite",
-        choices=("all", "core", "data-path", "cache"),
+        choices=("all", "core", "data-path", "cache", "wal"),
         default="all",
         help="core: the message benchmarks; data-path: the per-call ones; cache: L1 and "
-        "Redis (default: all)",
+        "Redis; wal: buffered (wal_dir) against synchronous appends (default: all)",
     )
     return parser.parse_args(argv)
 
