@@ -414,24 +414,13 @@ def plan_buffered_append(
     and was started again, after they were acknowledged. Raises SessionOwnershipError when
     the session now belongs to another customer.
     """
-    live = live_meta(current, now_ms // 1000)
-    if live is None:
-        meta = _new_meta(
-            current,
-            session_id=session_id,
-            customer_id=customer_id,
-            now_ms=now_ms,
-            ttl_seconds=ttl_seconds,
-        )
-        expected = current.version if current is not None else None
-    else:
-        meta, expected = _base_meta(
-            live,
-            session_id=session_id,
-            customer_id=customer_id,
-            now_ms=now_ms,
-            ttl_seconds=ttl_seconds,
-        )
+    meta, expected = _base_meta(
+        current,
+        session_id=session_id,
+        customer_id=customer_id,
+        now_ms=now_ms,
+        ttl_seconds=ttl_seconds,
+    )
     keep = [t for t in turns if t.turn_id > meta.floor_turn_id]
     dropped = [t for t in turns if t.turn_id <= meta.floor_turn_id]
     if not keep:
