@@ -30,9 +30,14 @@ from memsdk.errors import (
     StoreError,
     StoreUnavailableError,
 )
+from memsdk.guard import GuardedStore, RetryGateWhileClosed
 from memsdk.ids import TurnIdGenerator
 from memsdk.models import AppendReceipt, Context, Health, Meta, Summary, Turn
+from memsdk.resilience.breaker import BreakerPolicy, BreakerState, CircuitBreaker
+from memsdk.resilience.budget import RetryBudget
+from memsdk.resilience.bulkhead import Bulkhead
 from memsdk.store.base import MetaRecord, SessionWrite, Store, TurnRecord
+from memsdk.store.dynamodb_path import RetryGate
 from memsdk.write_buffer import (
     BufferedAppend,
     batch_fits,
@@ -64,6 +69,8 @@ _MAX_META_HINTS = 10_000
 _TOOL_SLACK = 8
 # Best-effort cache work (read-through fills, repairs) never queues without bound.
 _MAX_BACKGROUND_TASKS = 1_000
+# Degradation warnings (stateless answers, breaker trips) at most this often per kind.
+_WARNING_INTERVAL_S = 10.0
 # After a failed write-through, Redis may hold an older META: keep trying to drop it.
 _L2_REPAIR_DELAYS_S = (0.05, 0.2, 1.0, 5.0, 15.0, 30.0)
 
@@ -84,8 +91,12 @@ class SystemClock:
         return time.time_ns() // 1_000_000
 
 
-def build_store(config: Config) -> Store:
-    """The store a Config names (imports the backend lazily: no aioboto3 import for SQLite)."""
+def build_store(config: Config, retry_budget: RetryGate | None = None) -> Store:
+    """The store a Config names (imports the backend lazily: no aioboto3 import for SQLite).
+
+    `retry_budget` bounds the lean data path's retries; the aioboto3 path keeps botocore's
+    standard retry mode, whose own retry quota plays that part.
+    """
     spec = config.store_spec
     if isinstance(spec, SQLiteStoreSpec):
         from memsdk.store.sqlite import SQLiteStore
@@ -106,11 +117,25 @@ def build_store(config: Config) -> Store:
             return DynamoDBStore(spec, Aioboto3DataPath(spec, **options))
         from memsdk.store.dynamodb_lean import LeanDataPath
 
-        return DynamoDBStore(spec, LeanDataPath(spec, **options))
+        return DynamoDBStore(spec, LeanDataPath(spec, retry_budget=retry_budget, **options))
     raise ConfigError(f"unsupported store {type(spec).__name__}")
 
 
-def build_meta_cache(config: Config) -> MetaCache | None:
+def breaker_policy(config: Config, *, slow_call_s: float | None = None) -> BreakerPolicy:
+    """The circuit-breaker policy a Config describes (slow_call_s may differ per dependency)."""
+    return BreakerPolicy(
+        window_s=config.breaker_window,
+        min_calls=config.breaker_min_calls,
+        failure_rate=config.breaker_failure_rate,
+        slow_call_s=config.breaker_slow_call if slow_call_s is None else slow_call_s,
+        slow_rate=config.breaker_slow_rate,
+        open_s=config.breaker_open_seconds,
+        max_open_s=config.breaker_max_open_seconds,
+        half_open_probes=config.breaker_half_open_probes,
+    )
+
+
+def build_meta_cache(config: Config, breaker: CircuitBreaker | None = None) -> MetaCache | None:
     """The Redis META cache a Config names, or None (imports redis-py only when asked)."""
     if config.redis_url is None:
         return None
@@ -123,6 +148,7 @@ def build_meta_cache(config: Config) -> MetaCache | None:
         timeout=config.redis_timeout,
         connect_timeout=config.redis_timeout * 2,
         tombstone_ttl_seconds=min(config.ttl_seconds, 3_600),
+        gate=breaker,
     )
 
 
@@ -138,8 +164,30 @@ class MemoryClient:
         meta_cache: MetaCache | None = None,
     ) -> None:
         self._config = config if config is not None else Config()
-        self._store = store if store is not None else build_store(self._config)
-        self._l2 = meta_cache if meta_cache is not None else build_meta_cache(self._config)
+        cfg = self._config
+        self._store_breaker = CircuitBreaker(
+            "store", breaker_policy(cfg), on_change=self._breaker_changed
+        )
+        self._retry_budget = RetryBudget(
+            ratio=cfg.retry_budget_ratio,
+            min_per_s=cfg.retry_budget_min_per_second,
+            window_s=cfg.breaker_window,
+        )
+        retry_gate = RetryGateWhileClosed(self._retry_budget, self._store_breaker)
+        self._store = GuardedStore(
+            store if store is not None else build_store(cfg, retry_gate),
+            self._store_breaker,
+            Bulkhead(cfg.max_inflight_store_calls),
+            slow_call_s=cfg.breaker_slow_call,
+        )
+        self._redis_breaker = CircuitBreaker(
+            "redis",
+            breaker_policy(cfg, slow_call_s=cfg.redis_timeout),
+            on_change=self._breaker_changed,
+        )
+        self._l2 = (
+            meta_cache if meta_cache is not None else build_meta_cache(cfg, self._redis_breaker)
+        )
         self._l1 = ContextCache(self._config.l1_max_bytes)
         self._meta_hints: OrderedDict[str, MetaRecord] = OrderedDict()
         self._depth = self._config.last_n + _TOOL_SLACK
@@ -149,6 +197,8 @@ class MemoryClient:
         self._wal: WriteAheadLog | None = None
         self._flusher: Flusher[BufferedAppend] | None = None
         self._wal_dropped_turns = 0
+        self._degraded_replies = 0
+        self._last_warning: dict[str, float] = {}
         self._state = "new"
 
     @property
@@ -231,20 +281,24 @@ class MemoryClient:
             cached = self._l1.get(session_id)
             if cached is not None:
                 ctx = self._serve_cached(cached, cached.meta, window, "l1")
+        if ctx is None and self._store_breaker.state == "open":
+            # Stateless mode: the store is known down; answer now from what this process holds.
+            ctx = self._stateless(session_id, window, "the store's circuit breaker is open")
         if ctx is None:
             try:
                 async with asyncio.timeout(self._config.read_timeout):
                     ctx = await self._load(session_id, window)
-            except TimeoutError as exc:
-                raise StoreUnavailableError(
-                    f"load_context exceeded read_timeout={self._config.read_timeout}s; retry later",
-                    session_id=session_id,
-                ) from exc
+            except TimeoutError:
+                ctx = self._stateless(
+                    session_id, window, "the store did not answer within read_timeout"
+                )
+            except StoreUnavailableError:
+                ctx = self._stateless(session_id, window, "the store is unavailable")
         if pending and self._flusher is not None:
             still = {e.lsn for e in self._flusher.pending_for(session_id)}
             ctx = overlay(ctx, pending, still, window, self._config.ttl_seconds)
         if ctx.meta is None:
-            if expect_existing:
+            if expect_existing and not ctx.degraded:
                 raise ContextLostError(
                     "session is absent (expired, deleted or never written): start a new "
                     "conversation or rebuild it from your own records",
@@ -253,6 +307,56 @@ class MemoryClient:
             return ctx
         rules.check_owner(ctx.meta, customer_id)
         return ctx
+
+    def _stateless(self, session_id: str, last_n: int, why: str) -> Context:
+        """A degraded answer from L1 alone (or an empty one), with no I/O."""
+        self._degraded_replies += 1
+        self._warn_rate_limited(
+            "degraded_read",
+            "load_context answered degraded from this process's cache: %s",
+            why,
+        )
+        cached = self._l1.get(session_id)
+        if cached is None or rules.live_meta(cached.meta, self._clock.time_ms() // 1000) is None:
+            return Context(
+                session_id=session_id,
+                meta=None,
+                turns=[],
+                summary=None,
+                degraded=True,
+                source="none",
+            )
+        turns: list[Turn] = []
+        if cached.newest_first is not None:
+            count = rules.select_window(cached.newest_first, last_n, True) or 0
+            turns = list(cached.newest_first[:count])
+            turns.reverse()
+        return Context(
+            session_id=session_id,
+            meta=cached.public_meta,
+            turns=turns,
+            summary=cached.summary,
+            degraded=True,
+            source="l1",
+        )
+
+    def _breaker_changed(self, name: str, old: BreakerState, new: BreakerState) -> None:
+        log = logger.warning if new != "closed" else logger.info
+        log(
+            "%s circuit breaker: %s -> %s",
+            name,
+            old,
+            new,
+            extra={"breaker": name, "breaker_from": old, "breaker_to": new},
+        )
+
+    def _warn_rate_limited(self, key: str, message: str, *args: object) -> None:
+        """Log a warning at most once per 10 s per key, saying how many were suppressed."""
+        now = time.monotonic()
+        if now - self._last_warning.get(key, -1e9) < _WARNING_INTERVAL_S:
+            return
+        self._last_warning[key] = now
+        logger.warning(message, *args, extra={"degradation": key})
 
     def _serve_cached(
         self, cached: CachedWindow, meta: MetaRecord, last_n: int, source: str
@@ -334,6 +438,8 @@ class MemoryClient:
         finally:
             if not meta_task.done():
                 meta_task.cancel()
+            elif not meta_task.cancelled():
+                meta_task.exception()  # retrieved: the query's own error is the one raised
         if stored is not None:
             self._fill_l2(stored)
         meta = rules.live_meta(stored, self._clock.time_ms() // 1000)
@@ -611,6 +717,9 @@ class MemoryClient:
         """A no-I/O snapshot of breakers, caches and the write-ahead log."""
         l1 = self._l1.stats()
         l2 = self._l2.stats() if self._l2 is not None else MetaCacheStats()
+        breaker = self._store_breaker.stats()
+        budget = self._retry_budget.stats()
+        bulkhead = self._store.bulkhead.stats()
         wal: dict[str, Any] = {}
         if self._wal is not None and self._flusher is not None:
             log = self._wal.stats()
@@ -630,8 +739,8 @@ class MemoryClient:
             }
         return Health(
             store=self._store.description,
-            store_breaker="off",
-            redis_breaker="off",
+            store_breaker=self._store_breaker.state,
+            redis_breaker=self._redis_breaker.state if self._l2 is not None else "off",
             l1_entries=l1.entries,
             l1_bytes=l1.bytes,
             l1_max_bytes=l1.max_bytes,
@@ -647,6 +756,15 @@ class MemoryClient:
             redis_hits=l2.hits,
             redis_misses=l2.misses,
             redis_errors=l2.errors,
+            degraded_replies=self._degraded_replies,
+            store_calls_rejected=breaker.rejected,
+            store_breaker_opened=breaker.opened,
+            store_retries=budget.retries,
+            store_retries_refused=budget.refused,
+            store_calls_in_flight=bulkhead.in_flight,
+            store_calls_peak_in_flight=bulkhead.peak_in_flight,
+            redis_bypassed=l2.bypassed,
+            redis_breaker_opened=self._redis_breaker.stats().opened,
             **wal,
         )
 
@@ -902,6 +1020,16 @@ class MemoryClient:
         if len(self._meta_hints) > _MAX_META_HINTS:
             self._meta_hints.popitem(last=False)
 
+    def _forget_if_trusted(self, session_id: str) -> None:
+        """After a write that may have landed unseen: drop L1 where reads trust it unchecked.
+
+        Validated and strong reads compare L1 with the store's META before using it, so a
+        landed write makes L1 miss, never lie; and while the store is down, L1 is what
+        stateless answers are made of. Sticky reads serve L1 as is: there it must go.
+        """
+        if self._config.consistency == "sticky":
+            self._forget(session_id)
+
     def _forget(self, session_id: str) -> None:
         self._l1.pop(session_id)
         self._meta_hints.pop(session_id, None)
@@ -1048,6 +1176,8 @@ class MemoryClient:
                     fresh = True
                     self._remember(session_id, current)
         except TimeoutError as exc:
+            if sent:
+                self._forget_if_trusted(session_id)
             raise StoreUnavailableError(
                 f"{operation} exceeded write_timeout={self._config.write_timeout}s"
                 + (
@@ -1056,8 +1186,9 @@ class MemoryClient:
                 session_id=session_id,
                 maybe_applied=sent,
             ) from exc
-        except StoreError:
-            self._forget(session_id)
+        except StoreUnavailableError as exc:
+            if exc.maybe_applied:
+                self._forget_if_trusted(session_id)
             raise
         raise StoreUnavailableError(
             f"{operation} lost the race to concurrent writers {_MAX_COMMIT_ROUNDS} times; retry",

@@ -162,6 +162,23 @@ class Config:
     wal_flush_concurrency: int = 16
     # How long aclose() waits for the WAL to drain before leaving records for the next start.
     wal_close_timeout: float = 5.0
+    # Circuit breakers, one per dependency (store, Redis): a failure (or slow-call) rate over
+    # a sliding window, judged only with enough calls; open for a while, then a few probes.
+    breaker_window: float = 10.0
+    breaker_min_calls: int = 50
+    breaker_failure_rate: float = 0.5
+    breaker_slow_rate: float = 0.8
+    breaker_slow_call: float = 0.25
+    breaker_open_seconds: float = 5.0
+    breaker_max_open_seconds: float = 60.0
+    breaker_half_open_probes: int = 3
+    # Retries may add at most this share of recent store calls (plus a small reserve), so an
+    # outage never multiplies the load on the store.
+    retry_budget_ratio: float = 0.1
+    retry_budget_min_per_second: float = 10.0
+    # Store calls in flight at once (the rest wait, within their deadline); keep it at or
+    # below max_pool_connections so a call never waits for a connection it cannot see.
+    max_inflight_store_calls: int = 64
     store_spec: StoreSpec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -181,6 +198,22 @@ class Config:
         _check_int("wal_batch_records", self.wal_batch_records, 1, 100_000)
         _check_int("wal_flush_concurrency", self.wal_flush_concurrency, 1, 1_024)
         _check_float("wal_close_timeout", self.wal_close_timeout, 0.0, 3_600.0)
+        _check_float("breaker_window", self.breaker_window, 0.1, 3_600.0)
+        _check_int("breaker_min_calls", self.breaker_min_calls, 1, 1_000_000)
+        _check_fraction("breaker_failure_rate", self.breaker_failure_rate)
+        _check_fraction("breaker_slow_rate", self.breaker_slow_rate)
+        _check_float("breaker_slow_call", self.breaker_slow_call, 0.001, 600.0)
+        _check_float("breaker_open_seconds", self.breaker_open_seconds, 0.001, 3_600.0)
+        _check_float(
+            "breaker_max_open_seconds",
+            self.breaker_max_open_seconds,
+            self.breaker_open_seconds,
+            86_400.0,
+        )
+        _check_int("breaker_half_open_probes", self.breaker_half_open_probes, 1, 1_000)
+        _check_fraction("retry_budget_ratio", self.retry_budget_ratio)
+        _check_float("retry_budget_min_per_second", self.retry_budget_min_per_second, 0.0, 1e6)
+        _check_int("max_inflight_store_calls", self.max_inflight_store_calls, 1, 100_000)
         _check_float("read_timeout", self.read_timeout, 0.001, 600.0)
         _check_float("write_timeout", self.write_timeout, 0.001, 600.0)
         _check_int("turn_retention_seconds", self.turn_retention_seconds, 0, 10 * 365 * 86_400)
@@ -233,3 +266,8 @@ def _check_int(name: str, value: object, low: int, high: int) -> None:
 def _check_float(name: str, value: object, low: float, high: float) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
         raise ConfigError(f"{name} must be a number of seconds in [{low}, {high}], got {value!r}")
+
+
+def _check_fraction(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value <= 1.0:
+        raise ConfigError(f"{name} must be a fraction in (0, 1], got {value!r}")

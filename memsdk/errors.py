@@ -93,15 +93,23 @@ class StoreUnavailableError(StoreError):
 
     `maybe_applied` is True only when the request may have reached the store (a timeout or
     a lost response after sending): the write is then either absent or present exactly once.
+    `throttled` is True when the store refused for capacity (one hot key or a table limit),
+    which says nothing about its health: circuit breakers do not count it as a failure.
     """
 
     retryable = True
 
     def __init__(
-        self, message: str, *, session_id: str | None = None, maybe_applied: bool = False
+        self,
+        message: str,
+        *,
+        session_id: str | None = None,
+        maybe_applied: bool = False,
+        throttled: bool = False,
     ) -> None:
         super().__init__(message, session_id=session_id)
         self.maybe_applied = maybe_applied
+        self.throttled = throttled
 
 
 class BackpressureError(MemsdkError):

@@ -93,6 +93,18 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     redis_hits: int = 0
     redis_misses: int = 0
     redis_errors: int = 0
+    # load_context answers flagged degraded (store breaker open, store down or too slow).
+    degraded_replies: int = 0
+    # Resilience: store calls refused by the open breaker, breaker trips, retries sent and
+    # retries the budget refused, store calls in flight now and at the peak.
+    store_calls_rejected: int = 0
+    store_breaker_opened: int = 0
+    store_retries: int = 0
+    store_retries_refused: int = 0
+    store_calls_in_flight: int = 0
+    store_calls_peak_in_flight: int = 0
+    redis_bypassed: int = 0
+    redis_breaker_opened: int = 0
     # The write-ahead log (all zero without wal_dir).
     wal_segments: int = 0
     wal_appends: int = 0

@@ -12,7 +12,7 @@ import msgspec
 
 from memsdk.store.base import MetaRecord
 
-__all__ = ["MetaCache", "MetaCacheStats"]
+__all__ = ["CallGate", "MetaCache", "MetaCacheStats"]
 
 
 class MetaCacheStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -23,6 +23,27 @@ class MetaCacheStats(msgspec.Struct, frozen=True, kw_only=True):
     errors: int = 0
     writes: int = 0
     stale_writes_refused: int = 0
+    bypassed: int = 0  # calls not sent because the cache's circuit breaker was open
+
+
+class CallGate(Protocol):
+    """A circuit breaker as a cache sees it (memsdk.resilience.breaker.CircuitBreaker fits)."""
+
+    def try_acquire(self) -> bool:
+        """False: do not call the dependency now."""
+        ...
+
+    def record_success(self, duration_s: float) -> None:
+        """The admitted call succeeded after `duration_s`."""
+        ...
+
+    def record_failure(self, duration_s: float) -> None:
+        """The admitted call failed (error or timeout) after `duration_s`."""
+        ...
+
+    def record_neutral(self) -> None:
+        """The admitted call ended without a verdict on the dependency's health."""
+        ...
 
 
 class MetaCache(Protocol):

@@ -32,7 +32,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from memsdk.cache.base import MetaCacheStats
+from memsdk.cache.base import CallGate, MetaCacheStats
 from memsdk.errors import ConfigError
 from memsdk.store.base import MetaRecord
 
@@ -127,6 +127,7 @@ class RedisMetaCache:
         connect_timeout: float = 0.2,
         tombstone_ttl_seconds: int = 3600,
         max_connections: int = 64,
+        gate: CallGate | None = None,
     ) -> None:
         self._parts, self._cluster = _parse_url(url)
         _check_positive("timeout", timeout)
@@ -153,6 +154,10 @@ class RedisMetaCache:
         self._last_log: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
         self._hits = self._misses = self._errors = self._writes = self._refused = 0
+        # A circuit breaker: while Redis is down or hanging, calls are skipped (a miss at no
+        # cost) instead of each waiting out redis_timeout.
+        self._gate = gate
+        self._bypassed = 0
 
     @property
     def description(self) -> str:
@@ -213,13 +218,23 @@ class RedisMetaCache:
         if key is None or client is None:
             self._fail_get("closed" if key is not None else "bad_session_id", None)
             return None
+        if not self._admit():
+            self._misses += 1
+            return None
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self._budget):
                 raw = await cast(Awaitable[bytes | None], client.get(key))
+        except asyncio.CancelledError:
+            if self._gate is not None:
+                self._gate.record_neutral()  # the caller gave up: no verdict on Redis
+            raise
         except Exception as exc:
+            self._report(started, exc)
             await self._reap_orphans(client)
             self._fail_get(_kind(exc), exc)
             return None
+        self._report(started, None)
         await self._reap_orphans(client)
         if raw is None:
             self._misses += 1
@@ -249,12 +264,21 @@ class RedisMetaCache:
             value = _encode(meta)
         except Exception as exc:  # never raise, even for a META we cannot serialise
             return self._fail("unencodable_meta", exc)
+        if not self._admit():
+            return False
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self._budget):
                 stored = await _PUT(client, key, value, ttl)
+        except asyncio.CancelledError:
+            if self._gate is not None:
+                self._gate.record_neutral()  # the caller gave up: no verdict on Redis
+            raise
         except Exception as exc:
+            self._report(started, exc)
             await self._reap_orphans(client)
             return self._fail(_kind(exc), exc)
+        self._report(started, None)
         await self._reap_orphans(client)
         if stored == 1:
             self._writes += 1
@@ -268,12 +292,21 @@ class RedisMetaCache:
         client = self._client
         if key is None or client is None:
             return self._fail("closed" if key is not None else "bad_session_id", None)
+        if not self._admit():
+            return False
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self._budget):
                 await cast(Awaitable[int], client.delete(key))
+        except asyncio.CancelledError:
+            if self._gate is not None:
+                self._gate.record_neutral()  # the caller gave up: no verdict on Redis
+            raise
         except Exception as exc:
+            self._report(started, exc)
             await self._reap_orphans(client)
             return self._fail(_kind(exc), exc)
+        self._report(started, None)
         await self._reap_orphans(client)
         return True
 
@@ -285,7 +318,22 @@ class RedisMetaCache:
             errors=self._errors,
             writes=self._writes,
             stale_writes_refused=self._refused,
+            bypassed=self._bypassed,
         )
+
+    def _admit(self) -> bool:
+        if self._gate is None or self._gate.try_acquire():
+            return True
+        self._bypassed += 1
+        return False
+
+    def _report(self, started: float, exc: BaseException | None) -> None:
+        if self._gate is None:
+            return
+        if exc is None:
+            self._gate.record_success(time.monotonic() - started)
+        else:
+            self._gate.record_failure(time.monotonic() - started)
 
     def _key(self, session_id: str) -> str | None:
         if isinstance(session_id, str) and _SESSION_ID.fullmatch(session_id):

@@ -317,6 +317,7 @@ class DynamoDBStore:
                 "retry later",
                 session_id=sid,
                 maybe_applied=ambiguous,
+                throttled=True,
             )
         raise StoreError(
             f"DynamoDB cancelled the commit on table {self._table!r} (reasons: {', '.join(codes)})",

@@ -35,6 +35,7 @@ from memsdk.errors import ClientClosedError, ConfigError, StoreError, StoreUnava
 from memsdk.store.dynamodb_path import (
     CancellationReason,
     DynamoDBCallError,
+    RetryGate,
     error_code_from_type,
     to_store_error,
 )
@@ -182,6 +183,7 @@ class LeanDataPath:
         max_attempts: int,
         credentials: Any | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        retry_budget: RetryGate | None = None,
     ) -> None:
         self._spec = spec
         self._url = resolve_endpoint(spec) + "/"
@@ -192,6 +194,15 @@ class LeanDataPath:
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
         self._stop = stop_after_attempt(max_attempts)
+        # A retry also needs a token from the budget: during an outage retries stay a small
+        # share of the calls instead of multiplying them.
+        self._budget = retry_budget
+        budget = retry_budget
+        self._retry_if = (
+            _RETRY
+            if budget is None
+            else retry_if_exception(lambda exc: _retryable(exc) and budget.try_spend())
+        )
         self._credentials = credentials
         self._sleep = sleep
         self._session: aiohttp.ClientSession | None = None
@@ -246,6 +257,8 @@ class LeanDataPath:
         body = _ENCODER.encode(params)
         headers = await self._signed_headers(operation, body, session_id)
         attempts = _Attempts()
+        if self._budget is not None:
+            self._budget.record_call()
         try:
             try:
                 reply = await self._send(session, operation, body, headers, attempts)
@@ -309,7 +322,7 @@ class LeanDataPath:
             return await self._send(session, operation, body, headers, attempts)
 
         retrying = AsyncRetrying(
-            sleep=self._sleep, stop=self._stop, wait=_WAIT, retry=_RETRY, reraise=True
+            sleep=self._sleep, stop=self._stop, wait=_WAIT, retry=self._retry_if, reraise=True
         )
         result: bytes = await retrying(attempt)
         return result

@@ -34,6 +34,7 @@ __all__ = [
     "DataPath",
     "DynamoDBCallError",
     "ErrorKind",
+    "RetryGate",
     "classify",
     "error_code_from_type",
     "to_store_error",
@@ -163,6 +164,7 @@ def to_store_error(
             f"{what} was throttled ({exc.code}); retry later",
             session_id=session_id,
             maybe_applied=maybe_applied,
+            throttled=True,
         )
     if exc.kind in ("server", "conflict"):
         return StoreUnavailableError(
@@ -183,6 +185,18 @@ def to_store_error(
             session_id=session_id,
         )
     return StoreError(f"{what} was refused ({exc.code})", session_id=session_id)
+
+
+class RetryGate(Protocol):
+    """A retry budget as a data path sees it (memsdk.resilience.budget.RetryBudget fits)."""
+
+    def record_call(self) -> None:
+        """A first attempt is being made."""
+        ...
+
+    def try_spend(self) -> bool:
+        """True: one retry may go now; False: the budget is spent, give up."""
+        ...
 
 
 class DataPath(Protocol):

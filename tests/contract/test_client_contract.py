@@ -454,7 +454,7 @@ async def test_health_and_flush(mem: MemoryClient, store_url: str) -> None:
     h = mem.health()
     expected = "sqlite" if store_url.startswith("sqlite") else "dynamodb:memsdk-test-"
     assert h.open and h.store.startswith(expected)
-    assert h.store_breaker == "off" and h.redis_breaker == "off"
+    assert h.store_breaker == "closed" and h.redis_breaker == "off"  # no Redis configured
     assert h.wal_pending_records == 0 and h.l1_max_bytes == mem.config.l1_max_bytes
 
 

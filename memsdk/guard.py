@@ -1,0 +1,161 @@
+"""A Store behind a circuit breaker and a bulkhead: fail fast while the store is down.
+
+This is where the resilience primitives (memsdk.resilience, which know nothing of stores)
+meet the Store protocol (memsdk.store.base, which knows nothing of breakers). Every store
+call first asks the breaker; a refused call raises StoreUnavailableError at once, nothing
+sent, so a dead store costs microseconds instead of a timeout per call. Admitted calls wait
+for a bulkhead slot (the wait counts against the caller's own deadline) and report their
+outcome and duration to the breaker:
+
+- StoreUnavailableError (connection, timeout, 5xx after the data path's retries): failure;
+  but a throttle is about one hot key or the table's capacity, not the store's health:
+  neutral, so one hot session cannot open a table-wide breaker;
+- the caller's deadline cancelling a call that was already slow: failure (slow); cancelled
+  early: neutral;
+- StoreError other than unavailability (validation, auth, a missing table): neutral; a
+  breaker cannot fix a deployment error and must not hide it behind "unavailable";
+- anything returned: success, slow if it took longer than the policy's slow_call_s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from memsdk.errors import StoreError, StoreUnavailableError
+from memsdk.resilience.breaker import CircuitBreaker
+from memsdk.resilience.budget import RetryBudget
+from memsdk.resilience.bulkhead import Bulkhead, BulkheadFullError
+from memsdk.store.base import CommitOutcome, MetaRecord, SessionWrite, Store, TurnRecord
+
+__all__ = ["GuardedStore", "RetryGateWhileClosed"]
+
+T = TypeVar("T")
+
+
+class GuardedStore:
+    """Wraps a Store with a circuit breaker and a bound on calls in flight."""
+
+    def __init__(
+        self,
+        inner: Store,
+        breaker: CircuitBreaker,
+        bulkhead: Bulkhead,
+        *,
+        slow_call_s: float,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.inner = inner
+        self.breaker = breaker
+        self.bulkhead = bulkhead
+        self._slow_call_s = slow_call_s
+        self._monotonic = monotonic
+
+    @property
+    def description(self) -> str:
+        """The wrapped store's description."""
+        return self.inner.description
+
+    async def open(self) -> None:
+        """Open the wrapped store."""
+        await self.inner.open()
+
+    async def aclose(self) -> None:
+        """Close the wrapped store."""
+        await self.inner.aclose()
+
+    async def get_meta(self, session_id: str, *, consistent: bool) -> MetaRecord | None:
+        """The wrapped get_meta, guarded."""
+        return await self._guard(
+            session_id, lambda: self.inner.get_meta(session_id, consistent=consistent)
+        )
+
+    async def query_turns(
+        self, session_id: str, *, before_turn_id: str | None, limit: int, consistent: bool
+    ) -> list[TurnRecord]:
+        """The wrapped query_turns, guarded."""
+        return await self._guard(
+            session_id,
+            lambda: self.inner.query_turns(
+                session_id, before_turn_id=before_turn_id, limit=limit, consistent=consistent
+            ),
+        )
+
+    async def commit(self, write: SessionWrite) -> CommitOutcome:
+        """The wrapped commit, guarded."""
+        return await self._guard(write.meta.session_id, lambda: self.inner.commit(write))
+
+    async def purge_session(self, session_id: str, *, through_turn_id: str, version: int) -> None:
+        """The wrapped purge_session, guarded."""
+        await self._guard(
+            session_id,
+            lambda: self.inner.purge_session(
+                session_id, through_turn_id=through_turn_id, version=version
+            ),
+        )
+
+    async def _guard(self, session_id: str, call: Callable[[], Awaitable[T]]) -> T:
+        breaker = self.breaker
+        if not breaker.try_acquire():
+            raise StoreUnavailableError(
+                "the store's circuit breaker is open after repeated failures: the call was "
+                "not sent; memsdk probes the store again on its own, retry later",
+                session_id=session_id,
+            )
+        # Measured from the slot: time queued in our own bulkhead is not the store's slowness.
+        started = float("inf")
+        try:
+            async with self.bulkhead.slot():
+                started = self._monotonic()
+                result = await call()
+        except StoreUnavailableError as exc:
+            if exc.throttled:
+                breaker.record_neutral()
+            else:
+                breaker.record_failure(self._monotonic() - started)
+            raise
+        except BulkheadFullError:
+            breaker.record_neutral()
+            raise StoreUnavailableError(
+                "too many store calls are in flight or waiting in this process: the call "
+                "was not sent; shed load or retry later",
+                session_id=session_id,
+            ) from None
+        except asyncio.CancelledError:
+            elapsed = self._monotonic() - started  # -inf while still waiting for a slot
+            if elapsed >= self._slow_call_s:
+                breaker.record_failure(elapsed)
+            else:
+                breaker.record_neutral()
+            raise
+        except StoreError:
+            breaker.record_neutral()
+            raise
+        except BaseException:
+            breaker.record_neutral()
+            raise
+        breaker.record_success(self._monotonic() - started)
+        return result
+
+
+class RetryGateWhileClosed:
+    """The data path's retry gate: a budget token, and only while the breaker is closed.
+
+    A half-open probe is one question to the store ("are you back?"): retrying it only
+    makes the answer slower and the load higher. While closed, the budget keeps retries a
+    small share of the calls.
+    """
+
+    def __init__(self, budget: RetryBudget, breaker: CircuitBreaker) -> None:
+        self.budget = budget
+        self.breaker = breaker
+
+    def record_call(self) -> None:
+        """A first attempt is being made."""
+        self.budget.record_call()
+
+    def try_spend(self) -> bool:
+        """True when the breaker is closed and the budget has a token for one retry."""
+        return self.breaker.state == "closed" and self.budget.try_spend()
