@@ -553,9 +553,15 @@ def _capture_raw(client: Any, sink: Wire) -> Callable[[], None]:
     return lambda: client.meta.events.unregister(event, unique_id=unique)
 
 
+def _dynamodb_store(mem: MemoryClient) -> Any:
+    """The client's DynamoDB store, under the breaker's guard when there is one."""
+    store = getattr(mem, "_store", None)
+    return getattr(store, "inner", store)
+
+
 def _capture_memsdk(mem: MemoryClient, sink: Wire) -> Callable[[], None] | None:
     """Record the parameters memsdk's DynamoDB store hands its data path (None: no path)."""
-    path = getattr(getattr(mem, "_store", None), "_path", None)
+    path = getattr(_dynamodb_store(mem), "_path", None)
     original = getattr(path, "call", None)
     if path is None or original is None:
         return None
@@ -573,7 +579,7 @@ def _capture_memsdk(mem: MemoryClient, sink: Wire) -> Callable[[], None] | None:
 
 def data_path_of(mem: MemoryClient) -> str:
     """Which DynamoDB data path a client's store uses ('lean', 'aioboto3'), if it says."""
-    return str(getattr(getattr(mem, "_store", None), "data_path", "unknown"))
+    return str(getattr(_dynamodb_store(mem), "data_path", "unknown"))
 
 
 async def bench_sdk_overhead(
