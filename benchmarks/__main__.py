@@ -102,12 +102,43 @@ def _latency_table(benchmarks: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def _resilience_table(benchmarks: list[dict[str, Any]]) -> list[str]:
+    """A store outage, candidates side by side (kind "resilience")."""
+    lines = [
+        "| benchmark | candidate | calls healthy / outage / after | store req/call healthy "
+        "| outage store requests | amplification | outage load p50 / p99 ms "
+        "| outage append p50 / p99 ms | outage errors | recovery s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+    ]
+    for bench in benchmarks:
+        for name, c in bench["candidates"].items():
+            calls, lat = c["offered_calls"], c["outage_latency_ms"]
+            errors = {
+                f"{op} {kind}": n
+                for op, per in c["outcomes"]["outage"].items()
+                for kind, n in per.items()
+                if kind != "ok"
+            }
+            recovery = ", ".join("-" if v is None else _fmt(v) for v in c["recovery_s"])
+            lines.append(
+                f"| {bench['name']} | {name} "
+                f"| {calls['healthy']} / {calls['outage']} / {calls['after']} "
+                f"| {_fmt(c['healthy_requests_per_call'])} | {c['outage_requests']} "
+                f"| {_fmt(c['amplification'])} "
+                f"| {_fmt(lat['load']['p50'], 1)} / {_fmt(lat['load']['p99'], 1)} "
+                f"| {_fmt(lat['append']['p50'], 1)} / {_fmt(lat['append']['p99'], 1)} "
+                f"| {', '.join(f'{k}: {v}' for k, v in errors.items()) or '-'} | {recovery} |"
+            )
+    return [*lines, ""]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The measurements (one table per kind of benchmark), then every ratio."""
     env = report["environment"]
     messages = [b for b in report["benchmarks"] if b.get("kind", "message") == "message"]
     per_call = [b for b in report["benchmarks"] if b.get("kind") == "per call"]
     latency = [b for b in report["benchmarks"] if b.get("kind") == "latency"]
+    resilience = [b for b in report["benchmarks"] if b.get("kind") == "resilience"]
     lines = [
         f"### memsdk benchmarks ({report['mode']} mode, {report['finished_at']})",
         "",
@@ -138,6 +169,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += _per_call_table(per_call)
     if latency:
         lines += _latency_table(latency)
+    if resilience:
+        lines += _resilience_table(resilience)
     lines += [
         "| benchmark | ratio (of medians unless named) | value | 95% CI | goal | verdict |",
         "| --- | --- | ---: | ---: | ---: | --- |",
@@ -175,7 +208,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 async def _run(suite: str, endpoint: str, settings: Any) -> list[dict[str, Any]]:
-    from benchmarks import cache, core, data_path, wal
+    from benchmarks import cache, core, data_path, resilience, wal
 
     results: list[dict[str, Any]] = []
     if suite in ("all", "core"):
@@ -186,6 +219,8 @@ async def _run(suite: str, endpoint: str, settings: Any) -> list[dict[str, Any]]
         results += await cache.run_cache(endpoint, settings, _progress)
     if suite in ("all", "wal"):
         results += await wal.run_wal(endpoint, settings, _progress)
+    if suite in ("all", "resilience"):
+        results += await resilience.run_resilience(endpoint, settings, _progress)
     return results
 
 
@@ -204,10 +239,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, help="override warm-up rounds per benchmark")
     parser.add_argument(
         "--suite",
-        choices=("all", "core", "data-path", "cache", "wal"),
+        choices=("all", "core", "data-path", "cache", "wal", "resilience"),
         default="all",
         help="core: the message benchmarks; data-path: the per-call ones; cache: L1 and "
-        "Redis; wal: buffered (wal_dir) against synchronous appends (default: all)",
+        "Redis; wal: buffered (wal_dir) against synchronous appends; resilience: a naive "
+        "client against memsdk under a store outage (default: all)",
     )
     return parser.parse_args(argv)
 
