@@ -19,7 +19,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, cast
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
@@ -114,6 +114,18 @@ class _CommandTableOnce(AsyncCommandsParser):
 
 class _DecodeError(Exception):
     """A cached value that is not a version prefix plus a MetaRecord."""
+
+
+_BYPASSED: Final = object()
+
+
+class _Failed:
+    """A command that failed (timeout, connection, server error): a miss, never raised."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
 
 
 class RedisMetaCache:
@@ -218,24 +230,14 @@ class RedisMetaCache:
         if key is None or client is None:
             self._fail_get("closed" if key is not None else "bad_session_id", None)
             return None
-        if not self._admit():
+        outcome = await self._send(client, lambda: client.get(key))
+        if outcome is _BYPASSED:
             self._misses += 1
             return None
-        started = time.monotonic()
-        try:
-            async with asyncio.timeout(self._budget):
-                raw = await cast(Awaitable[bytes | None], client.get(key))
-        except asyncio.CancelledError:
-            if self._gate is not None:
-                self._gate.record_neutral()  # the caller gave up: no verdict on Redis
-            raise
-        except Exception as exc:
-            self._report(started, exc)
-            await self._reap_orphans(client)
-            self._fail_get(_kind(exc), exc)
+        if isinstance(outcome, _Failed):
+            self._fail_get(_kind(outcome.error), outcome.error)
             return None
-        self._report(started, None)
-        await self._reap_orphans(client)
+        raw = cast(bytes | None, outcome)
         if raw is None:
             self._misses += 1
             return None
@@ -264,22 +266,11 @@ class RedisMetaCache:
             value = _encode(meta)
         except Exception as exc:  # never raise, even for a META we cannot serialise
             return self._fail("unencodable_meta", exc)
-        if not self._admit():
+        stored = await self._send(client, lambda: _PUT(client, key, value, ttl))
+        if stored is _BYPASSED:
             return False
-        started = time.monotonic()
-        try:
-            async with asyncio.timeout(self._budget):
-                stored = await _PUT(client, key, value, ttl)
-        except asyncio.CancelledError:
-            if self._gate is not None:
-                self._gate.record_neutral()  # the caller gave up: no verdict on Redis
-            raise
-        except Exception as exc:
-            self._report(started, exc)
-            await self._reap_orphans(client)
-            return self._fail(_kind(exc), exc)
-        self._report(started, None)
-        await self._reap_orphans(client)
+        if isinstance(stored, _Failed):
+            return self._fail(_kind(stored.error), stored.error)
         if stored == 1:
             self._writes += 1
             return True
@@ -292,22 +283,11 @@ class RedisMetaCache:
         client = self._client
         if key is None or client is None:
             return self._fail("closed" if key is not None else "bad_session_id", None)
-        if not self._admit():
+        deleted = await self._send(client, lambda: client.delete(key))
+        if deleted is _BYPASSED:
             return False
-        started = time.monotonic()
-        try:
-            async with asyncio.timeout(self._budget):
-                await cast(Awaitable[int], client.delete(key))
-        except asyncio.CancelledError:
-            if self._gate is not None:
-                self._gate.record_neutral()  # the caller gave up: no verdict on Redis
-            raise
-        except Exception as exc:
-            self._report(started, exc)
-            await self._reap_orphans(client)
-            return self._fail(_kind(exc), exc)
-        self._report(started, None)
-        await self._reap_orphans(client)
+        if isinstance(deleted, _Failed):
+            return self._fail(_kind(deleted.error), deleted.error)
         return True
 
     def stats(self) -> MetaCacheStats:
@@ -321,19 +301,32 @@ class RedisMetaCache:
             bypassed=self._bypassed,
         )
 
-    def _admit(self) -> bool:
-        if self._gate is None or self._gate.try_acquire():
-            return True
-        self._bypassed += 1
-        return False
-
-    def _report(self, started: float, exc: BaseException | None) -> None:
-        if self._gate is None:
-            return
-        if exc is None:
-            self._gate.record_success(time.monotonic() - started)
-        else:
-            self._gate.record_failure(time.monotonic() - started)
+    async def _send(
+        self, client: Redis | RedisCluster, command: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        """One command within the call budget and the breaker: its reply, _BYPASSED (the
+        breaker is open: not sent) or _Failed (any trouble; never raised)."""
+        gate = self._gate
+        if gate is not None and not gate.try_acquire():
+            self._bypassed += 1
+            return _BYPASSED
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self._budget):
+                reply = await command()
+        except asyncio.CancelledError:
+            if gate is not None:
+                gate.record_neutral()  # the caller gave up: no verdict on Redis
+            raise
+        except Exception as exc:
+            if gate is not None:
+                gate.record_failure(time.monotonic() - started)
+            await self._reap_orphans(client)
+            return _Failed(exc)
+        if gate is not None:
+            gate.record_success(time.monotonic() - started)
+        await self._reap_orphans(client)
+        return reply
 
     def _key(self, session_id: str) -> str | None:
         if isinstance(session_id, str) and _SESSION_ID.fullmatch(session_id):
