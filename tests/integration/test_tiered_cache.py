@@ -121,7 +121,8 @@ async def test_redis_killed_mid_run_then_restarted_empty(
     make_client: ClientFactory, redis_server: RedisServer
 ) -> None:
     # A short breaker wait: once Redis is back, the breaker lets a probe through quickly.
-    fast = {"breaker_open_seconds": 0.2, "breaker_min_calls": 10}
+    # (Capped: every failed probe while Redis is down doubles the wait, up to the maximum.)
+    fast = {"breaker_open_seconds": 0.2, "breaker_max_open_seconds": 0.4, "breaker_min_calls": 10}
     a = await make_client(redis_url=redis_server.url, **fast)
     b = await make_client(redis_url=redis_server.url, l1_max_bytes=0, **fast)  # reads ask Redis
     model: dict[str, list[str]] = {}
@@ -144,7 +145,7 @@ async def test_redis_killed_mid_run_then_restarted_empty(
     # The breaker opened: later calls skipped Redis instead of each paying a failed connect.
     assert b.health().redis_breaker in ("open", "half_open")
     redis_server.restart()  # same port, empty
-    await asyncio.sleep(0.3)  # past breaker_open_seconds: the next call is a probe
+    await asyncio.sleep(0.5)  # past breaker_max_open_seconds: the next call is a probe
     for n in range(60, 90):
         await step(n)
     assert b.health().redis_hits > hits_before  # Redis is used again
