@@ -56,8 +56,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from benchmarks.cache import _row
 from benchmarks.core import CUSTOMER_ID, Progress, Settings, dynamodb_url, quantile
-from benchmarks.core import _verdict as verdict
 from benchmarks.core import memsdk_config as generous_config
 from memsdk import Config, MemoryClient, Turn
 from memsdk.faultproxy import FaultProxy
@@ -340,17 +340,6 @@ def _amplification_boot(
 
 def _latencies(runs: Sequence[Run], op: str, phase: str) -> list[float]:
     return [(c.end - c.start) * 1e3 for r in runs for c in r.calls_in(phase) if c.op == op]
-
-
-def _row(name: str, value: float, ci: tuple[float, float], goal: float | None) -> dict[str, Any]:
-    return {
-        "name": name,
-        "value": value,
-        "ci95": [ci[0], ci[1]],
-        "goal": goal,
-        "within_goal": None if goal is None else value <= goal,
-        "verdict": verdict(ci[0], ci[1], goal),
-    }
 
 
 def _p99_ratio(
