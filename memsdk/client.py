@@ -895,12 +895,8 @@ class MemoryClient:
         if live is not None:
             rules.check_owner(live, customer_id)
         owners = {e.customer_id for e in pending if e.customer_id is not None}
-        if customer_id is not None and owners - {customer_id}:
-            raise SessionOwnershipError(
-                "session belongs to another customer_id: no data was read or written; "
-                "check the session id the caller routed",
-                session_id=session_id,
-            )
+        for pending_owner in owners:
+            rules.check_owner_id(session_id, pending_owner, customer_id)
         after = rules.high_water(known) if known is not None else None
         if pending and (after is None or pending[-1].last_turn_id > after):
             after = pending[-1].last_turn_id

@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from memsdk.errors import StoreError, StoreUnavailableError
+from memsdk.errors import StoreUnavailableError
 from memsdk.resilience.breaker import CircuitBreaker
 from memsdk.resilience.budget import RetryBudget
 from memsdk.resilience.bulkhead import Bulkhead, BulkheadFullError
@@ -130,11 +130,8 @@ class GuardedStore:
             else:
                 breaker.record_neutral()
             raise
-        except StoreError:
-            breaker.record_neutral()
-            raise
         except BaseException:
-            breaker.record_neutral()
+            breaker.record_neutral()  # StoreError (validation, auth, table) and the rest
             raise
         breaker.record_success(self._monotonic() - started)
         return result

@@ -36,6 +36,7 @@ from memsdk.store.base import MetaRecord, SessionWrite, SummaryRecord, TurnRecor
 __all__ = [
     "MAX_TURNS_PER_APPEND",
     "check_owner",
+    "check_owner_id",
     "incarnation_floor",
     "live_meta",
     "new_turn_records",
@@ -245,11 +246,16 @@ def live_meta(meta: MetaRecord | None, now_s: int) -> MetaRecord | None:
 
 def check_owner(meta: MetaRecord | Meta, customer_id: str | None) -> None:
     """Raise SessionOwnershipError if the session belongs to another customer."""
-    if customer_id is not None and meta.customer_id is not None and meta.customer_id != customer_id:
+    check_owner_id(meta.session_id, meta.customer_id, customer_id)
+
+
+def check_owner_id(session_id: str, owner: str | None, customer_id: str | None) -> None:
+    """Raise SessionOwnershipError if `owner` is set and is not `customer_id` (when given)."""
+    if customer_id is not None and owner is not None and owner != customer_id:
         raise SessionOwnershipError(
             "session belongs to another customer_id: no data was read or written; "
             "check the session id the caller routed",
-            session_id=meta.session_id,
+            session_id=session_id,
         )
 
 
