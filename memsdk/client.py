@@ -132,6 +132,7 @@ def breaker_policy(config: Config, *, slow_call_s: float | None = None) -> Break
         open_s=config.breaker_open_seconds,
         max_open_s=config.breaker_max_open_seconds,
         half_open_probes=config.breaker_half_open_probes,
+        consecutive_failures=config.breaker_consecutive_failures,
     )
 
 

@@ -163,15 +163,18 @@ class Config:
     # How long aclose() waits for the WAL to drain before leaving records for the next start.
     wal_close_timeout: float = 5.0
     # Circuit breakers, one per dependency (store, Redis): a failure (or slow-call) rate over
-    # a sliding window, judged only with enough calls; open for a while, then a few probes.
+    # a sliding window, judged only with enough calls, or a run of failures in a row; open
+    # for a while, then a few probes. The open period doubles up to its maximum: a probe
+    # round costs 3 calls, a late close costs every reply until then, so the cap is short.
     breaker_window: float = 10.0
     breaker_min_calls: int = 50
     breaker_failure_rate: float = 0.5
     breaker_slow_rate: float = 0.8
     breaker_slow_call: float = 0.25
     breaker_open_seconds: float = 5.0
-    breaker_max_open_seconds: float = 60.0
+    breaker_max_open_seconds: float = 15.0
     breaker_half_open_probes: int = 3
+    breaker_consecutive_failures: int = 20
     # Retries may add at most this share of recent store calls (plus a small reserve), so an
     # outage never multiplies the load on the store.
     retry_budget_ratio: float = 0.1
@@ -211,6 +214,7 @@ class Config:
             86_400.0,
         )
         _check_int("breaker_half_open_probes", self.breaker_half_open_probes, 1, 1_000)
+        _check_int("breaker_consecutive_failures", self.breaker_consecutive_failures, 1, 1_000_000)
         _check_fraction("retry_budget_ratio", self.retry_budget_ratio)
         _check_float("retry_budget_min_per_second", self.retry_budget_min_per_second, 0.0, 1e6)
         _check_int("max_inflight_store_calls", self.max_inflight_store_calls, 1, 100_000)

@@ -8,6 +8,7 @@ limited number of half-open probes. This module is small enough to own.
 States::
 
     closed --(rate over threshold, >= min_calls)--> open
+    closed --(consecutive_failures failures in a row)--> open
     open --(open period elapsed, seen lazily on the next read)--> half_open
     half_open --(half_open_probes probes succeeded)--> closed   (window cleared, period reset)
     half_open --(any probe failed)--> open                       (period doubled, capped)
@@ -15,6 +16,13 @@ States::
 The window is a ring of ten buckets of `window_s / 10` each (one second with the defaults);
 a bucket ages out whole, so an outcome counts for between 0.9 and 1.0 `window_s`. Recording
 only bumps integer counters in the current bucket: the closed path allocates nothing per call.
+
+Why two ways to open: a rate over a window judges a brownout fairly, but a hard outage
+must first outweigh the successes still in the window, which takes about
+`failure_rate * window_s` (5 s with the defaults), and every call in that time pays a
+failure. A run of `consecutive_failures` failures with no success between them is an
+outage whatever the traffic (at 10 % random failures, 20 in a row happen with odds of
+1e-20), so it opens at once. The run is not timed: any success, or a close, ends it.
 
 Usage, one result per acquired call::
 
@@ -92,8 +100,9 @@ class BreakerPolicy:
     slow_call_s: float = 0.25
     slow_rate: float = 0.8
     open_s: float = 5.0
-    max_open_s: float = 60.0
+    max_open_s: float = 15.0
     half_open_probes: int = 3
+    consecutive_failures: int = 20
 
     def __post_init__(self) -> None:
         """Raise ConfigError naming the first invalid field."""
@@ -115,6 +124,7 @@ class BreakerPolicy:
                 f"({self.open_s!r})"
             )
         _count("half_open_probes", self.half_open_probes)
+        _count("consecutive_failures", self.consecutive_failures)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -153,6 +163,8 @@ class CircuitBreaker:
         self._slow_call_s = policy.slow_call_s
         self._slow_rate = policy.slow_rate
         self._probes = policy.half_open_probes
+        self._max_streak = policy.consecutive_failures
+        self._streak = 0  # closed-state failures since the last success (neutral: no change)
 
         self._state: BreakerState = "closed"
         self._last_change_s = clock()
@@ -243,12 +255,19 @@ class CircuitBreaker:
         if failed:
             self._b_failures[slot] += 1
             self._failures += 1
+            self._streak += 1
+        else:
+            self._streak = 0
         if slow:
             self._b_slow[slot] += 1
             self._slow += 1
         calls = self._calls
-        if calls >= self._min_calls and (
-            self._failures / calls >= self._failure_rate or self._slow / calls >= self._slow_rate
+        if self._streak >= self._max_streak or (
+            calls >= self._min_calls
+            and (
+                self._failures / calls >= self._failure_rate
+                or self._slow / calls >= self._slow_rate
+            )
         ):
             # The period was reset to open_s when the breaker last closed.
             self._open_until = now + self._open_period_s
@@ -293,6 +312,7 @@ class CircuitBreaker:
     def _clear(self) -> None:
         """Forget the window, the probes and any grown open period."""
         self._clear_window()
+        self._streak = 0
         self._probes_out = self._probes_ok = 0
         self._open_period_s = self.policy.open_s
 

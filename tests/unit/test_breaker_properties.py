@@ -63,6 +63,7 @@ class BreakerMachine(RuleBasedStateMachine):
         open_s=st.sampled_from([0.5, 1.0, 5.0]),
         growth=st.sampled_from([1.0, 2.0, 12.0]),
         half_open_probes=st.integers(1, 3),
+        consecutive_failures=st.sampled_from([1, 3, 6, 1000]),
     )
     def setup(
         self,
@@ -72,6 +73,7 @@ class BreakerMachine(RuleBasedStateMachine):
         open_s: float,
         growth: float,
         half_open_probes: int,
+        consecutive_failures: int,
     ) -> None:
         self.policy = BreakerPolicy(
             window_s=10.0,
@@ -82,6 +84,7 @@ class BreakerMachine(RuleBasedStateMachine):
             open_s=open_s,
             max_open_s=open_s * growth,
             half_open_probes=half_open_probes,
+            consecutive_failures=consecutive_failures,
         )
         self.breaker = CircuitBreaker(
             "prop", self.policy, clock=self.clock, on_change=self.on_change
@@ -93,9 +96,13 @@ class BreakerMachine(RuleBasedStateMachine):
         if new == "open":
             if old == "closed":
                 # Invariant: closed never opens with fewer than min_calls in its window
-                # (which lies inside the last window_s seconds).
+                # (which lies inside the last window_s seconds), unless the newest
+                # consecutive_failures outcomes all failed.
                 recent = [o for o in self.closed_outcomes if o.at > self.clock.now - 10.0]
-                assert len(recent) >= self.policy.min_calls
+                assert (
+                    len(recent) >= self.policy.min_calls
+                    or self.streak() >= self.policy.consecutive_failures
+                )
                 self.open_period = self.policy.open_s
             else:
                 self.open_period = min(self.open_period * 2, self.policy.max_open_s)
@@ -149,6 +156,15 @@ class BreakerMachine(RuleBasedStateMachine):
         if state_before == "closed" and kind != "neutral":
             self.check_verdict()
 
+    def streak(self) -> int:
+        """Failures in a row at the end of the closed-state outcomes (neutral ones skipped)."""
+        count = 0
+        for outcome in reversed(self.closed_outcomes):
+            if not outcome.failed:
+                break
+            count += 1
+        return count
+
     def check_verdict(self) -> None:
         """Right after a closed-state record: open exactly when the window is over a rate."""
         per_bucket = BUCKETS / self.policy.window_s
@@ -157,8 +173,12 @@ class BreakerMachine(RuleBasedStateMachine):
         calls = len(window)
         failures = sum(o.failed for o in window)
         slow = sum(o.slow for o in window)
-        over = calls >= self.policy.min_calls and (
-            failures / calls >= self.policy.failure_rate or slow / calls >= self.policy.slow_rate
+        over = self.streak() >= self.policy.consecutive_failures or (
+            calls >= self.policy.min_calls
+            and (
+                failures / calls >= self.policy.failure_rate
+                or slow / calls >= self.policy.slow_rate
+            )
         )
         assert (self.state == "open") == over
         if not over:

@@ -7,6 +7,7 @@ tests only yield to the event loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Any
 
@@ -42,6 +43,7 @@ POLICY = BreakerPolicy(
     open_s=5.0,
     max_open_s=12.0,
     half_open_probes=3,
+    consecutive_failures=1_000,  # these tests judge the rate rule; the run rule has its own
 )
 
 
@@ -298,6 +300,47 @@ def test_reset_closes_clears_the_window_and_keeps_totals() -> None:
     assert breaker.stats().calls_in_window == 10
 
 
+def test_a_run_of_failures_opens_before_the_rate_could() -> None:
+    # A hard outage after a healthy spell: 100 successes fill the window, so the rate rule
+    # would need 100 more failures; the run rule opens on the 20th failure in a row.
+    breaker, _, changes = make_breaker(dataclasses.replace(POLICY, consecutive_failures=20))
+    feed(breaker, ok=100, failed=19)
+    assert breaker.state == "closed"
+    feed(breaker, failed=1)
+    assert breaker.state == "open" and changes == [("dep", "closed", "open")]
+
+
+def test_a_success_or_a_close_ends_the_run_and_neutral_does_not() -> None:
+    breaker, clock, _ = make_breaker(dataclasses.replace(POLICY, consecutive_failures=5))
+    feed(breaker, ok=100, failed=4)
+    feed(breaker, ok=1)
+    feed(breaker, failed=4)  # 4 + 1 success + 4: no run of 5
+    assert breaker.state == "closed"
+    assert breaker.try_acquire()
+    breaker.record_neutral()  # a throttle says nothing: the run goes on
+    feed(breaker, failed=1)
+    assert breaker.state == "open"
+    # After a clean close the run starts from zero again.
+    clock.advance(POLICY.open_s)
+    for _ in range(POLICY.half_open_probes):
+        assert breaker.try_acquire()
+        breaker.record_success(0.01)
+    assert breaker.state == "closed"
+    feed(breaker, ok=100, failed=4)
+    assert breaker.state == "closed"
+
+
+def test_the_run_is_not_timed() -> None:
+    # Twenty failures in a row are an outage even at one call a minute.
+    breaker, clock, _ = make_breaker(dataclasses.replace(POLICY, consecutive_failures=20))
+    for _ in range(19):
+        feed(breaker, failed=1)
+        clock.advance(60.0)
+    assert breaker.state == "closed"
+    feed(breaker, failed=1)
+    assert breaker.state == "open"
+
+
 def test_default_policy_matches_the_proposed_defaults() -> None:
     assert BreakerPolicy() == BreakerPolicy(
         window_s=10.0,
@@ -306,8 +349,9 @@ def test_default_policy_matches_the_proposed_defaults() -> None:
         slow_call_s=0.25,
         slow_rate=0.8,
         open_s=5.0,
-        max_open_s=60.0,
+        max_open_s=15.0,
         half_open_probes=3,
+        consecutive_failures=20,
     )
     assert BreakerPolicy(slow_call_s=float("inf")).slow_call_s == float("inf")
 
@@ -334,6 +378,8 @@ def test_default_policy_matches_the_proposed_defaults() -> None:
         ("max_open_s", float("inf")),
         ("half_open_probes", 0),
         ("half_open_probes", "3"),
+        ("consecutive_failures", 0),
+        ("consecutive_failures", 2.0),
     ],
 )
 def test_policy_validation_names_the_field(field: str, value: object) -> None:
