@@ -11,9 +11,16 @@ every open keep-alive connection. It speaks just enough HTTP/1.1 for DynamoDB's 
 protocol: requests with a Content-Length body; replies with a Content-Length or chunked
 body (1xx interim replies are not supported: DynamoDB never sends them).
 
-Modes (FaultMode): pass, http5xx, throttle, latency, reset, blackhole, down. Outcomes
+Modes (FaultMode): pass, http5xx, throttle, latency, reset, blackhole, down, and
+lost_reply (the request is forwarded and applied, then the connection is reset before the
+reply: a write whose outcome the client cannot know, FAULTS.md row 2). Outcomes
 (FaultCounts.by_outcome, one per request read, summing to requests_total): forwarded
-(sent on, after any delay), http5xx, throttle, reset, blackhole, rejected (chunked body).
+(sent on, after any delay), http5xx, throttle, reset, blackhole, lost_reply, rejected
+(chunked body).
+
+`capacity_per_s` models a table at its provisioned throughput (FAULTS.md row 17): a token
+bucket of that many requests per second (burst: one second's worth); a request that finds
+it empty is throttled as DynamoDB would, whatever the mode says.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import logging
 import random
 import socket
 import struct
+import time
 import zlib
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -35,10 +43,12 @@ __all__ = ["FaultCounts", "FaultMode", "FaultProxy"]
 
 logger = logging.getLogger(__name__)
 
-FaultMode = Literal["pass", "http5xx", "throttle", "latency", "reset", "blackhole", "down"]
+FaultMode = Literal[
+    "pass", "http5xx", "throttle", "latency", "reset", "blackhole", "down", "lost_reply"
+]
 # What `fault` may be in probability mode: per-request faults ("down" is per listener).
-_REQUEST_FAULTS = frozenset({"http5xx", "throttle", "latency", "reset", "blackhole"})
-OUTCOMES = ("forwarded", "http5xx", "throttle", "reset", "blackhole", "rejected")
+_REQUEST_FAULTS = frozenset({"http5xx", "throttle", "latency", "reset", "blackhole", "lost_reply"})
+OUTCOMES = ("forwarded", "http5xx", "throttle", "reset", "blackhole", "lost_reply", "rejected")
 _TYPE_PREFIX = "com.amazonaws.dynamodb.v20120810#"
 _THROTTLE_MESSAGE = "Rate of requests exceeds the allowed throughput."
 _CHUNKED_MESSAGE = "The fault proxy does not accept chunked request bodies: send Content-Length."
@@ -69,6 +79,7 @@ class _Plan:
     delay_s: float
     probability: float
     fault: FaultMode | None
+    capacity_per_s: float | None
 
 
 class _Request(NamedTuple):
@@ -117,7 +128,9 @@ class FaultProxy:
             raise ValueError("upstream must be http://HOST:PORT (no TLS)")
         self._upstream = (parts.hostname, parts.port)
         self._rng = random.Random(seed)
-        self._plan = _Plan("pass", 500, 0.0, 1.0, None)
+        self._plan = _Plan("pass", 500, 0.0, 1.0, None, None)
+        self._tokens = 0.0
+        self._tokens_at = 0.0
         self._counts = FaultCounts()
         self._port: int | None = None
         self._sock: socket.socket | None = None  # the listening socket, while listening
@@ -162,8 +175,12 @@ class FaultProxy:
         delay_s: float = 0.0,
         probability: float = 1.0,
         fault: FaultMode | None = None,
+        capacity_per_s: float | None = None,
     ) -> None:
-        """Apply `mode` from the next request on; with `fault`, apply it to a random share."""
+        """Apply `mode` from the next request on; with `fault`, apply it to a random share.
+
+        With `capacity_per_s`, requests beyond that rate are throttled (a full table).
+        """
         if mode not in get_args(FaultMode):
             raise ValueError(f"unknown mode {mode!r}")
         if not 500 <= status <= 599:
@@ -172,7 +189,12 @@ class FaultProxy:
             raise ValueError("delay_s must be >= 0 and probability in [0, 1]")
         if fault is not None and (fault not in _REQUEST_FAULTS or mode == "down"):
             raise ValueError(f"fault must be one of {sorted(_REQUEST_FAULTS)}, mode not down")
-        self._plan = _Plan(mode, status, delay_s, probability, fault)
+        if capacity_per_s is not None and not capacity_per_s > 0:
+            raise ValueError("capacity_per_s must be None or > 0")
+        self._plan = _Plan(mode, status, delay_s, probability, fault, capacity_per_s)
+        if capacity_per_s is not None:
+            self._tokens = capacity_per_s  # start with a full second's burst
+            self._tokens_at = time.monotonic()
         if self._port is None or self._closed:
             return
         if mode == "down":
@@ -251,7 +273,7 @@ class FaultProxy:
                 return
             while (request := await self._read_request(reader)) is not None:
                 outcome, plan = self._decide(request)
-                if outcome == "forwarded":
+                if outcome in ("forwarded", "lost_reply"):
                     await asyncio.sleep(plan.delay_s)
                     try:
                         reply, upstream = await self._forward(request, upstream)
@@ -259,6 +281,9 @@ class FaultProxy:
                         self._counts.upstream_failures += 1
                         logger.debug("fault proxy: upstream failed (%s)", type(exc).__name__)
                         return  # the client sees the connection drop, as from a dead server
+                    if outcome == "lost_reply":
+                        _rst(writer)  # applied upstream; the client never hears of it
+                        return
                     writer.write(reply)
                     if upstream is None:
                         await writer.drain()
@@ -317,6 +342,8 @@ class FaultProxy:
         outcome: str
         if request.chunked:
             outcome = "rejected"
+        elif plan.capacity_per_s is not None and not self._take_token(plan.capacity_per_s):
+            outcome = "throttle"
         elif mode in ("pass", "latency"):
             outcome = "forwarded"
             if mode == "pass" and plan.fault == "latency":
@@ -331,6 +358,16 @@ class FaultProxy:
         c.by_operation[request.operation] = c.by_operation.get(request.operation, 0) + 1
         logger.debug("fault proxy: %s -> %s", request.operation, outcome)
         return outcome, plan
+
+    def _take_token(self, rate: float) -> bool:
+        """Take one request's worth from the capacity bucket; False when it is empty."""
+        now = time.monotonic()
+        self._tokens = min(rate, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
     def _fault_reply(self, outcome: str, plan: _Plan) -> bytes:
         if outcome == "throttle":

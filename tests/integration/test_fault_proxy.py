@@ -281,6 +281,48 @@ async def test_ten_percent_throttling_is_absorbed_by_retries(
     print(f"p=0.1: {throttled} of {n} requests throttled, operations {counts.by_operation}")
 
 
+async def test_lost_reply_applies_the_write_and_hides_the_answer(
+    make_client: ClientFactory, proxy: FaultProxy, proxied_url: str
+) -> None:
+    """The append lands in DynamoDB Local, yet the caller hears of a possible failure."""
+    mem = await make_client(store_max_attempts=1, l1_max_bytes=0)
+    sid = new_session()
+    proxy.set_mode("lost_reply")
+    with pytest.raises(StoreUnavailableError) as info:
+        await mem.append_turns(sid, TURNS, customer_id="C1")
+    assert info.value.maybe_applied is True
+    counts = proxy.counts
+    assert_consistent(counts)
+    assert counts.by_outcome["lost_reply"] == counts.requests_total >= 1
+    proxy.set_mode("pass")
+    async with MemoryClient(Config(store=proxied_url, **SLOW_OK)) as reader:
+        ctx = await reader.load_context(sid, customer_id="C1")
+    assert [t.content for t in ctx.turns] == [t.content for t in TURNS]
+
+
+async def test_capacity_throttles_what_exceeds_the_rate(
+    make_client: ClientFactory, proxy: FaultProxy
+) -> None:
+    """A bucket of 20 requests/s: a burst of 60 reads' requests finds it empty after ~20."""
+    mem = await make_client(l1_max_bytes=0, store_max_attempts=1)
+    sid = new_session()
+    await mem.append_turns(sid, TURNS)
+    proxy.set_mode("pass", capacity_per_s=20.0)
+    proxy.reset_counts()
+    started = time.monotonic()
+    answers = await asyncio.gather(*(mem.load_context(sid) for _ in range(30)))
+    elapsed = time.monotonic() - started
+    counts = proxy.counts
+    assert_consistent(counts)
+    # 60 requests (GetItem + Query each) against 20 tokens plus what refills meanwhile.
+    allowed = 20 + 20 * elapsed
+    assert counts.by_outcome["forwarded"] <= allowed + 1, (counts, elapsed)
+    assert counts.by_outcome["throttle"] >= counts.requests_total - allowed - 1
+    assert counts.by_outcome["throttle"] > 0
+    # A throttled read is answered degraded, never raised.
+    assert any(ctx.degraded for ctx in answers)
+
+
 # ---------------------------------------------------------------------------- raw HTTP
 
 
@@ -413,6 +455,8 @@ async def test_set_mode_rejects_nonsense(proxy: FaultProxy) -> None:
         {"mode": "latency", "delay_s": -1.0},
         {"mode": "pass", "probability": 1.5, "fault": "throttle"},
         {"mode": "pass", "probability": 0.5, "fault": "down"},
+        {"mode": "pass", "capacity_per_s": 0.0},
+        {"mode": "pass", "capacity_per_s": -5.0},
     ]
     for kwargs in bad:
         with pytest.raises(ValueError):
