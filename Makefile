@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck bench clean dynamodb-local tools
+.PHONY: install demo test chaos lint typecheck bench clean dynamodb-local tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ typecheck: $(STAMP)
 
 test: $(STAMP) dynamodb-local lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider
+
+# The full-length chaos runs (e.g. issue 6's 30 s outage); `make test` runs short versions.
+chaos: $(STAMP) dynamodb-local
+	$(BIN)/pytest -q -p no:cacheprovider -m long -s
 
 bench: $(STAMP) dynamodb-local
 	$(BIN)/python -m benchmarks
