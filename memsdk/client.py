@@ -788,6 +788,7 @@ class MemoryClient:
             apply=self._flush_batch,
             confirm=wal.confirm,
             is_retryable=lambda exc: not _final_for_wal(exc),
+            retry_after=_retry_after,
             on_reject=self._reject_batch,
             batch_fits=batch_fits,
             concurrency=cfg.wal_flush_concurrency,
@@ -1211,6 +1212,11 @@ def _write_rejected(wal_dir: str, payloads: list[bytes]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """When a refused store call may be tried again (None: it was sent and failed)."""
+    return exc.retry_after if isinstance(exc, StoreUnavailableError) else None
 
 
 def _final_for_wal(exc: BaseException) -> bool:

@@ -95,6 +95,8 @@ class StoreUnavailableError(StoreError):
     a lost response after sending): the write is then either absent or present exactly once.
     `throttled` is True when the store refused for capacity (one hot key or a table limit),
     which says nothing about its health: circuit breakers do not count it as a failure.
+    `retry_after` is set when memsdk itself refused to send (the circuit breaker is open):
+    the seconds until it will let a call through again; retrying sooner is refused too.
     """
 
     retryable = True
@@ -106,10 +108,12 @@ class StoreUnavailableError(StoreError):
         session_id: str | None = None,
         maybe_applied: bool = False,
         throttled: bool = False,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message, session_id=session_id)
         self.maybe_applied = maybe_applied
         self.throttled = throttled
+        self.retry_after = retry_after
 
 
 class BackpressureError(MemsdkError):

@@ -103,6 +103,7 @@ class GuardedStore:
                 "the store's circuit breaker is open after repeated failures: the call was "
                 "not sent; memsdk probes the store again on its own, retry later",
                 session_id=session_id,
+                retry_after=breaker.retry_after_s(),
             )
         # Measured from the slot: time queued in our own bulkhead is not the store's slowness.
         started = float("inf")

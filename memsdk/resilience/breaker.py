@@ -192,6 +192,12 @@ class CircuitBreaker:
             self._transition("half_open", self._open_until)
         return self._state
 
+    def retry_after_s(self) -> float:
+        """Seconds until try_acquire may succeed: the rest of the open period, else 0."""
+        if self.state == "open":
+            return max(0.0, self._open_until - self._clock())
+        return 0.0
+
     def try_acquire(self) -> bool:
         """Return True if a call may go now; False is a fail-fast rejection, and is counted."""
         if self._state == "closed":

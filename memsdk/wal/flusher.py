@@ -13,7 +13,11 @@ reach the store in the order they were acknowledged. Keys are independent: up to
 `concurrency` of them are written at once.
 
 While the store fails, every worker waits for one shared, growing backoff (full jitter):
-an outage costs about one probe per interval, not one per pending session.
+an outage costs about one probe per interval, not one per pending session. When the
+failure says when the store may be tried again (`retry_after`: an open circuit breaker
+refused the call without sending it), the workers wait exactly that long instead: the
+refusal says nothing new about the store, so the backoff does not grow, and the backlog
+starts draining the moment the breaker lets a probe through.
 """
 
 from __future__ import annotations
@@ -79,8 +83,10 @@ class Flusher(Generic[E]):
         backoff_cap_s: float = 5.0,
         monotonic: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        retry_after: Callable[[BaseException], float | None] = lambda exc: None,
     ) -> None:
         self._apply = apply
+        self._retry_after = retry_after
         self._confirm = confirm
         self._is_retryable = is_retryable
         self._on_reject = on_reject
@@ -222,10 +228,21 @@ class Flusher(Generic[E]):
         except Exception as exc:
             if self._is_retryable(exc):
                 self._failed_attempts += 1
-                self._failures += 1
-                delay = random.uniform(
-                    0, min(self._backoff_cap_s, self._backoff_base_s * 2 ** min(self._failures, 16))
-                )
+                hint = self._retry_after(exc)
+                if hint is not None:
+                    # Not sent: probe one at a time from when a call may go (plus jitter).
+                    self._failures = max(self._failures, 1)
+                    delay = max(hint, self._backoff_base_s) + random.uniform(
+                        0, self._backoff_base_s
+                    )
+                else:
+                    self._failures += 1
+                    delay = random.uniform(
+                        0,
+                        min(
+                            self._backoff_cap_s, self._backoff_base_s * 2 ** min(self._failures, 16)
+                        ),
+                    )
                 self._resume_at = max(self._resume_at, self._now() + delay)
                 return
             await self._on_reject(key, batch, exc)

@@ -174,6 +174,17 @@ def test_open_rejects_and_counts_until_the_open_period_ends() -> None:
     assert breaker.stats().last_change_s == opened_at + 5.0
 
 
+def test_retry_after_is_the_rest_of_the_open_period() -> None:
+    breaker, clock, _ = make_breaker()
+    assert breaker.retry_after_s() == 0.0  # closed
+    trip(breaker)
+    assert breaker.retry_after_s() == pytest.approx(5.0)
+    clock.advance(3.5)
+    assert breaker.retry_after_s() == pytest.approx(1.5)
+    clock.advance(1.5)
+    assert breaker.retry_after_s() == 0.0 and breaker.state == "half_open"
+
+
 def test_results_arriving_while_open_are_dropped() -> None:
     breaker, clock, _ = make_breaker()
     trip(breaker)

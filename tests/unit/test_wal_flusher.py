@@ -214,3 +214,50 @@ async def test_stop_leaves_an_interrupted_batch_pending() -> None:
     await flusher.stop()
     assert [e.lsn for e in flusher.pending()] == [1]
     assert rec.confirmed == []
+
+
+class Refused(Transient):
+    """Refused before sending, like an open circuit breaker: says when to come back."""
+
+    def __init__(self, after_s: float) -> None:
+        super().__init__("refused")
+        self.after_s = after_s
+
+
+async def test_a_refusal_waits_exactly_its_retry_after_without_growing_the_backoff() -> None:
+    # A fake monotonic clock that moves only when the flusher sleeps.
+    now = [0.0]
+    sleeps: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        sleeps.append(delay)
+        now[0] += delay
+        await asyncio.sleep(0)
+
+    rec = Recorder()
+    rec.failures = [Refused(2.0), Refused(0.0), Refused(0.0)]
+    flusher = Flusher(
+        apply=rec.apply,
+        confirm=rec.confirmed.extend,
+        is_retryable=lambda exc: isinstance(exc, Transient),
+        on_reject=rec.reject,
+        batch_fits=lambda batch, entry: True,
+        concurrency=4,
+        backoff_base_s=0.05,
+        backoff_cap_s=5.0,
+        monotonic=lambda: now[0],
+        sleep=sleep,
+        retry_after=lambda exc: exc.after_s if isinstance(exc, Refused) else None,
+    )
+    flusher.start()
+    try:
+        flusher.add(Entry(1, "a"))
+        await flusher.wait_through(1, timeout=5)
+    finally:
+        await flusher.stop()
+    assert rec.batches == [("a", [1])]
+    # The first refusal: 2 s (the breaker's rest) plus at most one base of jitter. The next
+    # two (the breaker busy with other probes): a base each, never the growing backoff.
+    assert 2.0 <= sleeps[0] <= 2.0 + 0.05
+    assert all(0.05 <= s <= 0.1 for s in sleeps[1:]) and len(sleeps) == 3
+    assert 2.1 <= now[0] <= 2.3

@@ -1,0 +1,80 @@
+"""GuardedStore alone: what the breaker hears of each outcome, and what a refusal says."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from memsdk.errors import StoreError, StoreUnavailableError
+from memsdk.guard import GuardedStore
+from memsdk.resilience.breaker import BreakerPolicy, CircuitBreaker
+from memsdk.resilience.bulkhead import Bulkhead
+from memsdk.store.base import MetaRecord
+from memsdk.store.sqlite import SQLiteStore
+from memsdk.testing import FaultyStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Scripted(FaultyStore):
+    """A FaultyStore whose get_meta raises whatever the test queues."""
+
+    def __init__(self, inner: SQLiteStore) -> None:
+        super().__init__(inner)
+        self.raises: list[BaseException] = []
+
+    async def get_meta(self, session_id: str, *, consistent: bool) -> MetaRecord | None:
+        if self.raises:
+            raise self.raises.pop(0)
+        return await super().get_meta(session_id, consistent=consistent)
+
+
+@pytest.fixture
+async def parts(tmp_path: Path) -> AsyncIterator[tuple[GuardedStore, Scripted, Clock]]:
+    clock = Clock()
+    policy = BreakerPolicy(min_calls=1_000, consecutive_failures=3, open_s=5.0, max_open_s=20.0)
+    breaker = CircuitBreaker("store", policy, clock=clock)
+    inner = Scripted(SQLiteStore(str(tmp_path / "m.db")))
+    guarded = GuardedStore(inner, breaker, Bulkhead(4), slow_call_s=0.25, monotonic=clock)
+    await guarded.open()
+    yield guarded, inner, clock
+    await guarded.aclose()
+
+
+async def test_failures_open_the_breaker_and_a_refusal_says_when_to_come_back(
+    parts: tuple[GuardedStore, Scripted, Clock],
+) -> None:
+    guarded, inner, clock = parts
+    inner.raises = [StoreUnavailableError("down") for _ in range(3)]
+    for _ in range(3):
+        with pytest.raises(StoreUnavailableError):
+            await guarded.get_meta("s1", consistent=True)
+    assert guarded.breaker.state == "open"
+    clock.now += 2.0
+    with pytest.raises(StoreUnavailableError) as info:
+        await guarded.get_meta("s1", consistent=True)
+    # Refused without sending: never maybe_applied, and it says when a call may go again.
+    assert info.value.maybe_applied is False and info.value.session_id == "s1"
+    assert info.value.retry_after == pytest.approx(3.0)
+    assert guarded.breaker.stats().rejected == 1
+
+
+async def test_throttles_and_deployment_errors_never_open_the_breaker(
+    parts: tuple[GuardedStore, Scripted, Clock],
+) -> None:
+    guarded, inner, _ = parts
+    inner.raises = [StoreUnavailableError("busy", throttled=True) for _ in range(5)]
+    inner.raises += [StoreError("table missing") for _ in range(5)]
+    for _ in range(10):
+        with pytest.raises(StoreError):
+            await guarded.get_meta("s1", consistent=True)
+    assert guarded.breaker.state == "closed"
+    assert await guarded.get_meta("s1", consistent=True) is None  # and calls still go
