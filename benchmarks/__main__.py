@@ -208,7 +208,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 async def _run(suite: str, endpoint: str, settings: Any) -> list[dict[str, Any]]:
-    from benchmarks import cache, core, data_path, resilience, wal
+    from benchmarks import cache, core, data_path, resilience, telemetry, wal
 
     results: list[dict[str, Any]] = []
     if suite in ("all", "core"):
@@ -221,6 +221,8 @@ async def _run(suite: str, endpoint: str, settings: Any) -> list[dict[str, Any]]
         results += await wal.run_wal(endpoint, settings, _progress)
     if suite in ("all", "resilience"):
         results += await resilience.run_resilience(endpoint, settings, _progress)
+    if suite in ("all", "telemetry"):
+        results += await telemetry.run_telemetry(endpoint, settings, _progress)
     return results
 
 
@@ -239,7 +241,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, help="override warm-up rounds per benchmark")
     parser.add_argument(
         "--suite",
-        choices=("all", "core", "data-path", "cache", "wal", "resilience"),
+        choices=("all", "core", "data-path", "cache", "wal", "resilience", "telemetry"),
         default="all",
         help="core: the message benchmarks; data-path: the per-call ones; cache: L1 and "
         "Redis; wal: buffered (wal_dir) against synchronous appends; resilience: a naive "

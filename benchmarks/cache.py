@@ -459,6 +459,31 @@ async def _floor_call(ctx: Context) -> Context:
     return ctx
 
 
+def describe_hit_samples(results: dict[str, HitSamples]) -> dict[str, Any]:
+    """Each candidate's batches in the report's candidate shape (read = the whole call)."""
+    out: dict[str, Any] = {}
+    for name, s in results.items():
+        pooled_ms = [t / 1e6 for batch in s.calls for t in batch]
+        pooled_us = [v * 1e3 for v in pooled_ms]
+        out[name] = {
+            "wall_ms": summary(pooled_ms),
+            "write_ms": summary([0.0]),
+            "read_ms": summary(pooled_ms),
+            "cpu_ms_per_message": summary([v / 1e3 for v in s.cpu_per_call_us()]),
+            "cpu_batches": len(s.cpu),
+            "calls": len(pooled_ms),
+            "per_call_us": {
+                "p50": quantile(pooled_us, 0.5),
+                "p90": quantile(pooled_us, 0.9),
+                "p99": quantile(pooled_us, 0.99),
+                "max": max(pooled_us),
+            },
+            "cpu_us_per_call": summary(s.cpu_per_call_us()),
+            "samples_batch_median_us": [round(v, 3) for v in s.batch_medians_us()],
+        }
+    return out
+
+
 async def bench_l1_hit(
     mem: MemoryClient,
     sticky: MemoryClient,
@@ -523,28 +548,8 @@ async def bench_l1_hit(
             results[c.name].cpu.append(cpu)
 
     reps = settings.bootstrap
-    out_candidates: dict[str, Any] = {}
-    medians: dict[str, list[float]] = {}
-    for name, s in results.items():
-        pooled_ms = [t / 1e6 for batch in s.calls for t in batch]
-        medians[name] = s.batch_medians_us()
-        pooled_us = [v * 1e3 for v in pooled_ms]
-        out_candidates[name] = {
-            "wall_ms": summary(pooled_ms),
-            "write_ms": summary([0.0]),
-            "read_ms": summary(pooled_ms),
-            "cpu_ms_per_message": summary([v / 1e3 for v in s.cpu_per_call_us()]),
-            "cpu_batches": len(s.cpu),
-            "calls": len(pooled_ms),
-            "per_call_us": {
-                "p50": quantile(pooled_us, 0.5),
-                "p90": quantile(pooled_us, 0.9),
-                "p99": quantile(pooled_us, 0.99),
-                "max": max(pooled_us),
-            },
-            "cpu_us_per_call": summary(s.cpu_per_call_us()),
-            "samples_batch_median_us": [round(v, 3) for v in medians[name]],
-        }
+    out_candidates = describe_hit_samples(results)
+    medians = {name: s.batch_medians_us() for name, s in results.items()}
     sticky_us, valid_us, floor_us = medians[sticky_name], medians[valid_name], medians[floor_name]
     idle_us = medians[idle_name]
     sticky_cpu = results[sticky_name].cpu_per_call_us()

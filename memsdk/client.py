@@ -32,12 +32,22 @@ from memsdk.errors import (
 )
 from memsdk.guard import GuardedStore, RetryGateWhileClosed
 from memsdk.ids import TurnIdGenerator
+from memsdk.logs import RateLimitedLog
 from memsdk.models import AppendReceipt, Context, Health, Meta, Summary, Turn
+from memsdk.observed import ObservedDataPath, ObservedStore, RedisObserver, server_attributes
 from memsdk.resilience.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from memsdk.resilience.budget import RetryBudget
 from memsdk.resilience.bulkhead import Bulkhead
 from memsdk.store.base import MetaRecord, SessionWrite, Store, TurnRecord
-from memsdk.store.dynamodb_path import RetryGate
+from memsdk.store.dynamodb_path import DataPath, RetryGate
+from memsdk.telemetry import (
+    MeterProvider,
+    Scope,
+    Telemetry,
+    TelemetrySnapshot,
+    TracerProvider,
+    UnrecordedScope,
+)
 from memsdk.write_buffer import (
     BufferedAppend,
     batch_fits,
@@ -69,8 +79,12 @@ _MAX_META_HINTS = 10_000
 _TOOL_SLACK = 8
 # Best-effort cache work (read-through fills, repairs) never queues without bound.
 _MAX_BACKGROUND_TASKS = 1_000
-# Degradation warnings (stateless answers, breaker trips) at most this often per kind.
-_WARNING_INTERVAL_S = 10.0
+# What each degradation reason means, for the log line.
+_DEGRADED_WHY = {
+    "breaker_open": "the store's circuit breaker is open",
+    "read_timeout": "the store did not answer within read_timeout",
+    "store_unavailable": "the store is unavailable",
+}
 # After a failed write-through, Redis may hold an older META: keep trying to drop it.
 _L2_REPAIR_DELAYS_S = (0.05, 0.2, 1.0, 5.0, 15.0, 30.0)
 
@@ -91,17 +105,24 @@ class SystemClock:
         return time.time_ns() // 1_000_000
 
 
-def build_store(config: Config, retry_budget: RetryGate | None = None) -> Store:
+def build_store(
+    config: Config,
+    retry_budget: RetryGate | None = None,
+    telemetry: Telemetry | None = None,
+    breaker_state: Callable[[], str] = lambda: "off",
+) -> Store:
     """The store a Config names (imports the backend lazily: no aioboto3 import for SQLite).
 
     `retry_budget` bounds the lean data path's retries; the aioboto3 path keeps botocore's
-    standard retry mode, whose own retry quota plays that part.
+    standard retry mode, whose own retry quota plays that part. With `telemetry`, every
+    request the store sends is a span (see memsdk.observed).
     """
     spec = config.store_spec
     if isinstance(spec, SQLiteStoreSpec):
         from memsdk.store.sqlite import SQLiteStore
 
-        return SQLiteStore(spec.path)
+        sqlite = SQLiteStore(spec.path)
+        return sqlite if telemetry is None else ObservedStore(sqlite, telemetry, system="sqlite")
     if isinstance(spec, DynamoDBStoreSpec):
         from memsdk.store.dynamodb import DynamoDBStore
 
@@ -111,13 +132,23 @@ def build_store(config: Config, retry_budget: RetryGate | None = None) -> Store:
             "read_timeout": max(config.read_timeout, config.write_timeout),
             "max_attempts": config.store_max_attempts,
         }
+        path: DataPath
         if config.dynamodb_data_path == "aioboto3":
             from memsdk.store.dynamodb_aioboto3 import Aioboto3DataPath
 
-            return DynamoDBStore(spec, Aioboto3DataPath(spec, **options))
-        from memsdk.store.dynamodb_lean import LeanDataPath
+            path = Aioboto3DataPath(spec, **options)
+        else:
+            from memsdk.store.dynamodb_lean import LeanDataPath
 
-        return DynamoDBStore(spec, LeanDataPath(spec, retry_budget=retry_budget, **options))
+            path = LeanDataPath(spec, retry_budget=retry_budget, **options)
+        if telemetry is not None:
+            from memsdk.store.dynamodb_lean import resolve_endpoint
+
+            endpoint = spec.endpoint or resolve_endpoint(spec)
+            path = ObservedDataPath(
+                path, telemetry, table=spec.table, endpoint=endpoint, breaker_state=breaker_state
+            )
+        return DynamoDBStore(spec, path)
     raise ConfigError(f"unsupported store {type(spec).__name__}")
 
 
@@ -136,7 +167,9 @@ def breaker_policy(config: Config, *, slow_call_s: float | None = None) -> Break
     )
 
 
-def build_meta_cache(config: Config, breaker: CircuitBreaker | None = None) -> MetaCache | None:
+def build_meta_cache(
+    config: Config, breaker: CircuitBreaker | None = None, telemetry: Telemetry | None = None
+) -> MetaCache | None:
     """The Redis META cache a Config names, or None (imports redis-py only when asked)."""
     if config.redis_url is None:
         return None
@@ -150,6 +183,11 @@ def build_meta_cache(config: Config, breaker: CircuitBreaker | None = None) -> M
         connect_timeout=config.redis_timeout * 2,
         tombstone_ttl_seconds=min(config.ttl_seconds, 3_600),
         gate=breaker,
+        observer=(
+            None
+            if telemetry is None
+            else RedisObserver(telemetry, server_attributes(config.redis_url, 6379))
+        ),
     )
 
 
@@ -163,9 +201,22 @@ class MemoryClient:
         store: Store | None = None,
         clock: Clock | None = None,
         meta_cache: MetaCache | None = None,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
+        """Build the tiers a Config describes; no I/O until open().
+
+        `tracer_provider` / `meter_provider`: OpenTelemetry providers to report to instead of
+        the global ones (docs/observability.md).
+        """
         self._config = config if config is not None else Config()
         cfg = self._config
+        self._telemetry = Telemetry(
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            allowed=cfg.telemetry_attributes,
+            enabled=cfg.telemetry_enabled,
+        )
         self._store_breaker = CircuitBreaker(
             "store", breaker_policy(cfg), on_change=self._breaker_changed
         )
@@ -174,12 +225,20 @@ class MemoryClient:
             min_per_s=cfg.retry_budget_min_per_second,
             window_s=cfg.breaker_window,
         )
-        retry_gate = RetryGateWhileClosed(self._retry_budget, self._store_breaker)
+        retry_gate = RetryGateWhileClosed(
+            self._retry_budget, self._store_breaker, on_retry=self._telemetry.retry
+        )
+        if store is not None:
+            system = store.description.split(":", 1)[0] or "other"
+            store = ObservedStore(store, self._telemetry, system=system)
+        else:
+            store = build_store(cfg, retry_gate, self._telemetry, lambda: self._store_breaker.state)
         self._store = GuardedStore(
-            store if store is not None else build_store(cfg, retry_gate),
+            store,
             self._store_breaker,
             Bulkhead(cfg.max_inflight_store_calls),
             slow_call_s=cfg.breaker_slow_call,
+            on_shed=lambda: self._telemetry.backpressure("bulkhead"),
         )
         self._redis_breaker = CircuitBreaker(
             "redis",
@@ -187,7 +246,9 @@ class MemoryClient:
             on_change=self._breaker_changed,
         )
         self._l2 = (
-            meta_cache if meta_cache is not None else build_meta_cache(cfg, self._redis_breaker)
+            meta_cache
+            if meta_cache is not None
+            else build_meta_cache(cfg, self._redis_breaker, self._telemetry)
         )
         self._l1 = ContextCache(self._config.l1_max_bytes)
         self._meta_hints: OrderedDict[str, MetaRecord] = OrderedDict()
@@ -199,7 +260,8 @@ class MemoryClient:
         self._flusher: Flusher[BufferedAppend] | None = None
         self._wal_dropped_turns = 0
         self._degraded_replies = 0
-        self._last_warning: dict[str, float] = {}
+        # Degradation warnings at most once per 10 s per kind: an outage costs a few lines.
+        self._rate_limited = RateLimitedLog(logger)
         self._state = "new"
 
     @property
@@ -209,6 +271,10 @@ class MemoryClient:
 
     async def open(self) -> None:
         """Connect to the store; `async with` calls this for you."""
+        with self._telemetry.operation("memsdk.open"):
+            await self._open()
+
+    async def _open(self) -> None:
         if self._state == "closed":
             raise ClientClosedError("this MemoryClient was closed: create a new one")
         if self._state == "new":
@@ -225,11 +291,13 @@ class MemoryClient:
             if self._flusher is not None:
                 self._flusher.start()
             self._state = "open"
+            self._telemetry.observe(self._snapshot)
 
     async def aclose(self) -> None:
         """Release connections and threads; safe to call twice."""
         if self._state == "open":
             self._state = "closed"
+            self._telemetry.forget()
             await self._close_wal()
             if self._background:
                 # Cache repairs are best effort: give them a moment, then let them go.
@@ -265,8 +333,20 @@ class MemoryClient:
         expect_existing: bool = False,
     ) -> Context:
         """Return META, the newest `last_n` turns (oldest first) and the newest summary."""
+        with self._telemetry.operation("memsdk.load_context") as op:
+            return await self._load_context(op, session_id, customer_id, last_n, expect_existing)
+
+    async def _load_context(
+        self,
+        op: Scope | UnrecordedScope,
+        session_id: str,
+        customer_id: str | None,
+        last_n: int | None,
+        expect_existing: bool,
+    ) -> Context:
         rules.validate_session_id(session_id)
         customer_id = rules.validate_customer_id(customer_id, session_id)
+        op.identify(session_id, customer_id)
         window = self._config.last_n if last_n is None else last_n
         if not isinstance(window, int) or isinstance(window, bool) or not 1 <= window <= 10_000:
             raise InvalidInputError(
@@ -284,22 +364,31 @@ class MemoryClient:
                 ctx = self._serve_cached(cached, cached.meta, window, "l1")
         if ctx is None and self._store_breaker.state == "open":
             # Stateless mode: the store is known down; answer now from what this process holds.
-            ctx = self._stateless(session_id, window, "the store's circuit breaker is open")
+            ctx = self._stateless(session_id, window, "breaker_open")
         if ctx is None:
             try:
                 async with asyncio.timeout(self._config.read_timeout):
                     ctx = await self._load(session_id, window)
             except TimeoutError:
-                ctx = self._stateless(
-                    session_id, window, "the store did not answer within read_timeout"
-                )
+                ctx = self._stateless(session_id, window, "read_timeout")
             except StoreUnavailableError:
-                ctx = self._stateless(session_id, window, "the store is unavailable")
+                ctx = self._stateless(session_id, window, "store_unavailable")
         if pending and self._flusher is not None:
             still = {e.lsn for e in self._flusher.pending_for(session_id)}
             ctx = overlay(ctx, pending, still, window, self._config.ttl_seconds)
+        op.set_metric_attribute("memsdk.tier", ctx.source)
+        op.set_metric_attribute("memsdk.degraded", ctx.degraded)
+        if op.recording:
+            op.set("memsdk.turns", len(ctx.turns))
+            op.set("memsdk.session.found", ctx.meta is not None)
+            op.set("memsdk.breaker.state", self._store_breaker.state)
+            op.set("memsdk.wal.pending", len(pending))
+            op.set("memsdk.consistency", self._config.consistency)
+        if not ctx.degraded:
+            self._telemetry.loaded_turn_count(0 if ctx.meta is None else ctx.meta.turn_count)
         if ctx.meta is None:
             if expect_existing and not ctx.degraded:
+                self._telemetry.context_lost("load_context")
                 raise ContextLostError(
                     "session is absent (expired, deleted or never written): start a new "
                     "conversation or rebuild it from your own records",
@@ -309,13 +398,19 @@ class MemoryClient:
         rules.check_owner(ctx.meta, customer_id)
         return ctx
 
-    def _stateless(self, session_id: str, last_n: int, why: str) -> Context:
-        """A degraded answer from L1 alone (or an empty one), with no I/O."""
+    def _stateless(self, session_id: str, last_n: int, reason: str) -> Context:
+        """A degraded answer from L1 alone (or an empty one), with no I/O.
+
+        `reason`: breaker_open, read_timeout or store_unavailable (metric and event label).
+        """
         self._degraded_replies += 1
-        self._warn_rate_limited(
+        self._telemetry.degraded(reason)
+        self._rate_limited.log(
+            logging.WARNING,
             "degraded_read",
             "load_context answered degraded from this process's cache: %s",
-            why,
+            _DEGRADED_WHY[reason],
+            extra={"degradation": reason},
         )
         cached = self._l1.get(session_id)
         if cached is None or rules.live_meta(cached.meta, self._clock.time_ms() // 1000) is None:
@@ -341,7 +436,22 @@ class MemoryClient:
             source="l1",
         )
 
+    def _snapshot(self) -> TelemetrySnapshot:
+        """What the observable gauges report for this client (from health(), no I/O)."""
+        h = self.health()
+        has_wal = self._wal is not None
+        return TelemetrySnapshot(
+            store_breaker=h.store_breaker,
+            redis_breaker=h.redis_breaker,
+            l1_entries=h.l1_entries,
+            l1_bytes=h.l1_bytes,
+            wal_pending_records=h.wal_pending_records if has_wal else None,
+            wal_pending_bytes=h.wal_pending_bytes if has_wal else None,
+            wal_oldest_pending_age_s=h.wal_oldest_pending_age_s,
+        )
+
     def _breaker_changed(self, name: str, old: BreakerState, new: BreakerState) -> None:
+        self._telemetry.breaker_changed(name, old, new)
         log = logger.warning if new != "closed" else logger.info
         log(
             "%s circuit breaker: %s -> %s",
@@ -350,14 +460,6 @@ class MemoryClient:
             new,
             extra={"breaker": name, "breaker_from": old, "breaker_to": new},
         )
-
-    def _warn_rate_limited(self, key: str, message: str, *args: object) -> None:
-        """Log a warning at most once per 10 s per key, saying how many were suppressed."""
-        now = time.monotonic()
-        if now - self._last_warning.get(key, -1e9) < _WARNING_INTERVAL_S:
-            return
-        self._last_warning[key] = now
-        logger.warning(message, *args, extra={"degradation": key})
 
     def _serve_cached(
         self, cached: CachedWindow, meta: MetaRecord, last_n: int, source: str
@@ -373,6 +475,7 @@ class MemoryClient:
         if count is None:
             return None
         self._l1.hits += 1
+        self._telemetry.cache_lookup("l1", "hit")
         if meta.version != cached.meta.version:
             # Same turns, newer META (page_context, summary): keep L1 current.
             cached = self._cache_window(meta, newest_first, cached.complete, cached.turn_bytes)
@@ -397,12 +500,14 @@ class MemoryClient:
                     if ctx is not None:
                         return ctx
                 self._l1.misses += 1
+                self._telemetry.cache_lookup("l1", "miss")
                 if rules.live_meta(meta, self._clock.time_ms() // 1000) is None:
                     return self._absent(session_id, meta)
                 assert meta is not None
                 newest_first, complete, count = await self._read_turns(session_id, meta, last_n)
                 return self._answer(meta, newest_first, complete, count, source)
         self._l1.misses += 1
+        self._telemetry.cache_lookup("l1", "miss")
         return await self._read_store(session_id, last_n)
 
     async def _trusted_meta(
@@ -540,10 +645,25 @@ class MemoryClient:
         self, session_id: str, turns: Sequence[Turn], *, customer_id: str | None = None
     ) -> AppendReceipt:
         """Append turns atomically, in order; returns once the store acknowledged them."""
+        with self._telemetry.operation("memsdk.append_turns") as op:
+            receipt = await self._append_turns(op, session_id, turns, customer_id)
+            op.set_metric_attribute("memsdk.durable", receipt.durable)
+            return receipt
+
+    async def _append_turns(
+        self,
+        op: Scope | UnrecordedScope,
+        session_id: str,
+        turns: Sequence[Turn],
+        customer_id: str | None,
+    ) -> AppendReceipt:
         rules.validate_session_id(session_id)
         customer_id = rules.validate_customer_id(customer_id, session_id)
+        op.identify(session_id, customer_id)
         checked = rules.validate_turns(session_id, turns, self._config.max_turn_bytes)
         self._check_open()
+        if op.recording:
+            op.set("memsdk.turns", len(checked))
         if self._wal is not None:
             return await self._append_buffered(session_id, checked, customer_id)
 
@@ -579,8 +699,20 @@ class MemoryClient:
         customer_id: str | None = None,
     ) -> Meta:
         """Replace each given META field whole (creating the session if absent); returns META."""
+        with self._telemetry.operation("memsdk.update_meta") as op:
+            return await self._update_meta(op, session_id, page_context, attributes, customer_id)
+
+    async def _update_meta(
+        self,
+        op: Scope | UnrecordedScope,
+        session_id: str,
+        page_context: dict[str, Any] | None,
+        attributes: dict[str, Any] | None,
+        customer_id: str | None,
+    ) -> Meta:
         rules.validate_session_id(session_id)
         customer_id = rules.validate_customer_id(customer_id, session_id)
+        op.identify(session_id, customer_id)
         if page_context is not None:
             rules.validate_json(page_context, session_id, "page_context")
         if attributes is not None:
@@ -610,8 +742,20 @@ class MemoryClient:
         customer_id: str | None = None,
     ) -> Summary:
         """Store a summary covering turns up to `through_turn_id`; the newest by that id wins."""
+        with self._telemetry.operation("memsdk.put_summary") as op:
+            return await self._put_summary(op, session_id, text, through_turn_id, customer_id)
+
+    async def _put_summary(
+        self,
+        op: Scope | UnrecordedScope,
+        session_id: str,
+        text: str,
+        through_turn_id: str,
+        customer_id: str | None,
+    ) -> Summary:
         rules.validate_session_id(session_id)
         customer_id = rules.validate_customer_id(customer_id, session_id)
+        op.identify(session_id, customer_id)
         rules.check_through_turn_id(through_turn_id, session_id)
         rules.validate_text(text, session_id, "summary text")
         self._check_open()
@@ -619,6 +763,7 @@ class MemoryClient:
         def plan(current: MetaRecord | None, now_ms: int) -> SessionWrite:
             live = rules.live_meta(current, now_ms // 1000)
             if live is None:
+                self._telemetry.context_lost("put_summary")
                 raise ContextLostError(
                     "cannot summarize an absent session (expired, deleted or never written)",
                     session_id=session_id,
@@ -650,8 +795,15 @@ class MemoryClient:
 
     async def delete_session(self, session_id: str, *, customer_id: str | None = None) -> None:
         """Delete every item of the session; a no-op for an unknown session."""
+        with self._telemetry.operation("memsdk.delete_session") as op:
+            await self._delete_session(op, session_id, customer_id)
+
+    async def _delete_session(
+        self, op: Scope | UnrecordedScope, session_id: str, customer_id: str | None
+    ) -> None:
         rules.validate_session_id(session_id)
         customer_id = rules.validate_customer_id(customer_id, session_id)
+        op.identify(session_id, customer_id)
         self._check_open()
         if self._flusher is not None and self._flusher.pending_for(session_id):
             # Turns acknowledged before the delete are deleted with it, not written after.
@@ -701,9 +853,16 @@ class MemoryClient:
         StoreUnavailableError naming what is still pending; those records stay in the WAL
         and keep draining in the background.
         """
-        self._check_open()
-        if self._flusher is None:
-            return
+        with self._telemetry.operation("memsdk.flush") as op:
+            self._check_open()
+            if self._flusher is None:
+                return
+            if op.recording:
+                op.set("memsdk.wal.pending", self._flusher.stats().pending_records)
+            await self._flush(timeout)
+
+    async def _flush(self, timeout: float | None) -> None:  # noqa: ASYNC109 - flush()'s own
+        assert self._flusher is not None
         from memsdk.wal.flusher import FlushTimeoutError
 
         try:
@@ -811,6 +970,7 @@ class MemoryClient:
                 extra={"wal_unreadable_records": len(unreadable)},
             )
         if report.pending:
+            self._telemetry.wal_replay(len(report.pending))
             logger.info(
                 "WAL recovery: replaying %d unconfirmed records",
                 len(report.pending),
@@ -916,6 +1076,7 @@ class MemoryClient:
         try:
             lsn = await self._wal.append(payload, timeout=self._config.write_timeout)
         except WalFullError as exc:
+            self._telemetry.backpressure("wal_full")
             raise BackpressureError(
                 f"the write-ahead log is full (wal_max_bytes={self._config.wal_max_bytes}) and "
                 f"did not free space within write_timeout={self._config.write_timeout}s: "
@@ -923,6 +1084,7 @@ class MemoryClient:
                 session_id=session_id,
             ) from exc
         except WalIOError as exc:
+            self._telemetry.backpressure("wal_io")
             raise BackpressureError(
                 "the write-ahead log could not write this append to disk (disk full or I/O "
                 "error): nothing was acknowledged; retry, and check the WAL disk",
@@ -950,6 +1112,13 @@ class MemoryClient:
     async def _flush_batch(self, session_id: str, batch: list[BufferedAppend]) -> None:
         """Write one batch of a session's buffered appends: its turns and META, one commit."""
         remaining = [t for e in batch for t in e.turns()]
+        attributes = {"memsdk.wal.records": len(batch), "memsdk.turns": len(remaining)}
+        with self._telemetry.background("memsdk.wal.flush", attributes):
+            await self._flush_turns(session_id, batch, remaining)
+
+    async def _flush_turns(
+        self, session_id: str, batch: list[BufferedAppend], remaining: list[TurnRecord]
+    ) -> None:
         owner = next((e.customer_id for e in batch if e.customer_id is not None), None)
         dropped: list[TurnRecord] = []
 
@@ -972,7 +1141,9 @@ class MemoryClient:
         await self._commit(session_id, plan, operation="flush", on_existing=landed_before)
         if dropped:
             self._wal_dropped_turns += len(dropped)
-            logger.warning(
+            self._rate_limited.log(
+                logging.WARNING,
+                "wal_dropped",
                 "WAL flush: %d buffered turns were not written: the session was deleted, or "
                 "expired and started again, after they were acknowledged",
                 len(dropped),
@@ -986,7 +1157,9 @@ class MemoryClient:
         assert self._config.wal_dir is not None
         payloads = [e.payload for e in batch]
         await asyncio.to_thread(_write_rejected, self._config.wal_dir, payloads)
-        logger.error(
+        self._rate_limited.log(
+            logging.ERROR,
+            "wal_rejected",
             "WAL flush: the store refused %d buffered appends for good (%s: %s); they are "
             "kept in the WAL's rejected/ folder",
             len(batch),

@@ -43,6 +43,10 @@ class DynamoDBStoreSpec:
 
 StoreSpec = SQLiteStoreSpec | DynamoDBStoreSpec
 
+# What Config.telemetry_attributes may name: the only identifying span attributes memsdk
+# can emit, each off unless a deployment asks for it.
+TELEMETRY_ATTRIBUTES = frozenset({"session_id", "customer_id"})
+
 
 def parse_store_url(url: str) -> StoreSpec:
     """Parse `sqlite:///rel.db`, `sqlite:////abs.db` or `dynamodb://TABLE?region=..&endpoint=..`."""
@@ -182,6 +186,12 @@ class Config:
     # Store calls in flight at once (the rest wait, within their deadline); keep it at or
     # below max_pool_connections so a call never waits for a connection it cannot see.
     max_inflight_store_calls: int = 64
+    # OpenTelemetry (docs/observability.md): spans and metrics through the global providers
+    # (or those given to MemoryClient); False removes even the no-op calls. Identifying
+    # attributes are opt-in: any of "session_id", "customer_id". Turn content and page
+    # context never leave memsdk in telemetry, whatever this says.
+    telemetry_enabled: bool = True
+    telemetry_attributes: tuple[str, ...] = ()
     store_spec: StoreSpec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -225,6 +235,18 @@ class Config:
         _check_float("connect_timeout", self.connect_timeout, 0.001, 600.0)
         _check_int("store_max_attempts", self.store_max_attempts, 1, 10)
         _check_float("redis_timeout", self.redis_timeout, 0.001, 10.0)
+        if not isinstance(self.telemetry_enabled, bool):
+            raise ConfigError(
+                f"telemetry_enabled must be True or False, got {self.telemetry_enabled!r}"
+            )
+        if (
+            not isinstance(self.telemetry_attributes, tuple)
+            or not set(self.telemetry_attributes) <= TELEMETRY_ATTRIBUTES
+        ):
+            raise ConfigError(
+                "telemetry_attributes must be a tuple of "
+                f"{', '.join(sorted(TELEMETRY_ATTRIBUTES))}, got {self.telemetry_attributes!r}"
+            )
         if self.dynamodb_data_path not in _DATA_PATHS:
             raise ConfigError(f"dynamodb_data_path must be one of {', '.join(_DATA_PATHS)}")
 
@@ -257,6 +279,8 @@ def _coerce(name: str, raw: str, default: object) -> object:
             return float(raw)
         except ValueError as exc:
             raise ConfigError(f"MEMSDK_{name.upper()} must be a number, got {raw!r}") from exc
+    if isinstance(default, tuple):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
     if default is None and raw == "":
         return None
     return raw

@@ -131,6 +131,7 @@ class FaultProxy:
         self._plan = _Plan("pass", 500, 0.0, 1.0, None, None)
         self._tokens = 0.0
         self._tokens_at = 0.0
+        self._mode_left: int | None = None  # requests left under the plan, then "pass"
         self._counts = FaultCounts()
         self._port: int | None = None
         self._sock: socket.socket | None = None  # the listening socket, while listening
@@ -176,10 +177,12 @@ class FaultProxy:
         probability: float = 1.0,
         fault: FaultMode | None = None,
         capacity_per_s: float | None = None,
+        requests: int | None = None,
     ) -> None:
         """Apply `mode` from the next request on; with `fault`, apply it to a random share.
 
         With `capacity_per_s`, requests beyond that rate are throttled (a full table).
+        With `requests`, only that many requests get `mode`; then it is "pass" again.
         """
         if mode not in get_args(FaultMode):
             raise ValueError(f"unknown mode {mode!r}")
@@ -191,6 +194,9 @@ class FaultProxy:
             raise ValueError(f"fault must be one of {sorted(_REQUEST_FAULTS)}, mode not down")
         if capacity_per_s is not None and not capacity_per_s > 0:
             raise ValueError("capacity_per_s must be None or > 0")
+        if requests is not None and (mode == "down" or not requests >= 1):
+            raise ValueError("requests must be None or >= 1, and mode not down")
+        self._mode_left = requests
         self._plan = _Plan(mode, status, delay_s, probability, fault, capacity_per_s)
         if capacity_per_s is not None:
             self._tokens = capacity_per_s  # start with a full second's burst
@@ -352,6 +358,11 @@ class FaultProxy:
             outcome = "reset"  # a request raced set_mode("down") on an open connection
         else:
             outcome = mode
+        if self._mode_left is not None:
+            self._mode_left -= 1
+            if self._mode_left == 0:
+                self._mode_left = None
+                self._plan = _Plan("pass", 500, 0.0, 1.0, None, None)
         c = self._counts
         c.requests_total += 1
         c.by_outcome[outcome] += 1

@@ -46,8 +46,11 @@ class GuardedStore:
         *,
         slow_call_s: float,
         monotonic: Callable[[], float] = time.monotonic,
+        on_shed: Callable[[], None] = lambda: None,
     ) -> None:
+        """`on_shed` is told of each call the bulkhead refused (a full queue)."""
         self.inner = inner
+        self._on_shed = on_shed
         self.breaker = breaker
         self.bulkhead = bulkhead
         self._slow_call_s = slow_call_s
@@ -119,6 +122,7 @@ class GuardedStore:
             raise
         except BulkheadFullError:
             breaker.record_neutral()
+            self._on_shed()
             raise StoreUnavailableError(
                 "too many store calls are in flight or waiting in this process: the call "
                 "was not sent; shed load or retry later",
@@ -146,9 +150,16 @@ class RetryGateWhileClosed:
     small share of the calls.
     """
 
-    def __init__(self, budget: RetryBudget, breaker: CircuitBreaker) -> None:
+    def __init__(
+        self,
+        budget: RetryBudget,
+        breaker: CircuitBreaker,
+        on_retry: Callable[[str], None] = lambda outcome: None,
+    ) -> None:
+        """`on_retry` hears every decision: sent, refused_breaker or refused_budget."""
         self.budget = budget
         self.breaker = breaker
+        self._on_retry = on_retry
 
     def record_call(self) -> None:
         """A first attempt is being made."""
@@ -156,4 +167,11 @@ class RetryGateWhileClosed:
 
     def try_spend(self) -> bool:
         """True when the breaker is closed and the budget has a token for one retry."""
-        return self.breaker.state == "closed" and self.budget.try_spend()
+        if self.breaker.state != "closed":
+            self._on_retry("refused_breaker")
+            return False
+        if not self.budget.try_spend():
+            self._on_retry("refused_budget")
+            return False
+        self._on_retry("sent")
+        return True

@@ -12,7 +12,7 @@ import msgspec
 
 from memsdk.store.base import MetaRecord
 
-__all__ = ["CallGate", "MetaCache", "MetaCacheStats"]
+__all__ = ["CacheObserver", "CallGate", "MetaCache", "MetaCacheStats"]
 
 
 class MetaCacheStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -43,6 +43,17 @@ class CallGate(Protocol):
 
     def record_neutral(self) -> None:
         """The admitted call ended without a verdict on the dependency's health."""
+        ...
+
+
+class CacheObserver(Protocol):
+    """Told about every cache command after it ended (telemetry); must not raise or block."""
+
+    def observe(
+        self, command: str, outcome: str, started_ns: int, ended_ns: int, error: str | None
+    ) -> None:
+        """`command` as sent (GET, EVALSHA, DEL); `outcome`: hit, miss, stored, refused,
+        deleted, error or bypassed (not sent: the breaker is open); `error`: its type."""
         ...
 
 

@@ -32,8 +32,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from memsdk.cache.base import CallGate, MetaCacheStats
+from memsdk.cache.base import CacheObserver, CallGate, MetaCacheStats
 from memsdk.errors import ConfigError
+from memsdk.logs import RateLimitedLog
 from memsdk.store.base import MetaRecord
 
 __all__ = ["RedisMetaCache"]
@@ -49,7 +50,6 @@ _MAX_VERSION: Final = 10**_VERSION_DIGITS - 1
 # Session ids are validated upstream; this only guards key construction (fullmatch: no
 # trailing newline, no braces that would change the hash tag).
 _SESSION_ID: Final = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
-_LOG_EVERY_S: Final = 10.0
 
 # KEYS[1] = key; ARGV[1] = 20-digit version .. msgpack; ARGV[2] = TTL in seconds.
 # Equal-length digit strings order like the numbers they spell. A stored value without a
@@ -140,6 +140,7 @@ class RedisMetaCache:
         tombstone_ttl_seconds: int = 3600,
         max_connections: int = 64,
         gate: CallGate | None = None,
+        observer: CacheObserver | None = None,
     ) -> None:
         self._parts, self._cluster = _parse_url(url)
         _check_positive("timeout", timeout)
@@ -163,13 +164,13 @@ class RedisMetaCache:
         self._client: Redis | RedisCluster | None = None
         # The cluster slot map we last saw (see _reap_orphans).
         self._slots_seen: dict[int, list[ClusterNode]] | None = None
-        self._last_log: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self._log = RateLimitedLog(_log)
         self._hits = self._misses = self._errors = self._writes = self._refused = 0
         # A circuit breaker: while Redis is down or hanging, calls are skipped (a miss at no
         # cost) instead of each waiting out redis_timeout.
         self._gate = gate
         self._bypassed = 0
+        self._observer = observer
 
     @property
     def description(self) -> str:
@@ -230,24 +231,30 @@ class RedisMetaCache:
         if key is None or client is None:
             self._fail_get("closed" if key is not None else "bad_session_id", None)
             return None
+        started = time.time_ns()
         outcome = await self._send(client, lambda: client.get(key))
         if outcome is _BYPASSED:
             self._misses += 1
+            self._tell("GET", "bypassed", started, None)
             return None
         if isinstance(outcome, _Failed):
             self._fail_get(_kind(outcome.error), outcome.error)
+            self._tell("GET", "error", started, outcome.error)
             return None
         raw = cast(bytes | None, outcome)
         if raw is None:
             self._misses += 1
+            self._tell("GET", "miss", started, None)
             return None
         try:
             meta = _decode(raw)
         except _DecodeError:
             await self._drop(client, key, raw)
             self._fail_get("undecodable_value", None)
+            self._tell("GET", "error", started, None)
             return None
         self._hits += 1
+        self._tell("GET", "hit", started, None)
         return meta
 
     async def put(self, meta: MetaRecord, *, now_s: int) -> bool:
@@ -266,15 +273,20 @@ class RedisMetaCache:
             value = _encode(meta)
         except Exception as exc:  # never raise, even for a META we cannot serialise
             return self._fail("unencodable_meta", exc)
+        started = time.time_ns()
         stored = await self._send(client, lambda: _PUT(client, key, value, ttl))
         if stored is _BYPASSED:
+            self._tell("EVALSHA", "bypassed", started, None)
             return False
         if isinstance(stored, _Failed):
+            self._tell("EVALSHA", "error", started, stored.error)
             return self._fail(_kind(stored.error), stored.error)
         if stored == 1:
             self._writes += 1
+            self._tell("EVALSHA", "stored", started, None)
             return True
         self._refused += 1
+        self._tell("EVALSHA", "refused", started, None)
         return False
 
     async def invalidate(self, session_id: str) -> bool:
@@ -283,11 +295,15 @@ class RedisMetaCache:
         client = self._client
         if key is None or client is None:
             return self._fail("closed" if key is not None else "bad_session_id", None)
+        started = time.time_ns()
         deleted = await self._send(client, lambda: client.delete(key))
         if deleted is _BYPASSED:
+            self._tell("DEL", "bypassed", started, None)
             return False
         if isinstance(deleted, _Failed):
+            self._tell("DEL", "error", started, deleted.error)
             return self._fail(_kind(deleted.error), deleted.error)
+        self._tell("DEL", "deleted", started, None)
         return True
 
     def stats(self) -> MetaCacheStats:
@@ -328,6 +344,11 @@ class RedisMetaCache:
         await self._reap_orphans(client)
         return reply
 
+    def _tell(self, command: str, outcome: str, started_ns: int, error: Exception | None) -> None:
+        if self._observer is not None:
+            error_type = None if error is None else type(error).__name__
+            self._observer.observe(command, outcome, started_ns, time.time_ns(), error_type)
+
     def _key(self, session_id: str) -> str | None:
         if isinstance(session_id, str) and _SESSION_ID.fullmatch(session_id):
             return f"memsdk:{{{session_id}}}:meta"
@@ -366,21 +387,16 @@ class RedisMetaCache:
         return False
 
     def _warn(self, kind: str, exc: BaseException | None) -> None:
-        now = time.monotonic()
-        last = self._last_log.get(kind)
-        if last is not None and now - last < _LOG_EVERY_S:
-            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
-            return
-        self._last_log[kind] = now
-        suppressed = self._suppressed.pop(kind, 0)
         # Exception text from redis-py names hosts and commands, never keys or values.
         detail = f": {type(exc).__name__}: {str(exc)[:200]}" if exc is not None else ""
-        _log.warning(
-            "redis META cache (%s) bypassed: %s%s (%d similar suppressed)",
+        self._log.log(
+            logging.WARNING,
+            kind,
+            "redis META cache (%s) bypassed: %s%s",
             self.description,
             kind,
             detail,
-            suppressed,
+            extra={"redis_error": kind},
         )
 
 

@@ -300,6 +300,22 @@ async def test_lost_reply_applies_the_write_and_hides_the_answer(
     assert [t.content for t in ctx.turns] == [t.content for t in TURNS]
 
 
+async def test_a_mode_for_n_requests_then_pass(
+    make_client: ClientFactory, proxy: FaultProxy
+) -> None:
+    """`requests=2`: exactly two requests are throttled, then everything passes."""
+    mem = await make_client(l1_max_bytes=0, store_max_attempts=3)
+    sid = new_session()
+    await mem.append_turns(sid, TURNS)
+    proxy.set_mode("throttle", requests=2)
+    proxy.reset_counts()
+    for _ in range(3):
+        assert not (await mem.load_context(sid)).degraded
+    counts = proxy.counts
+    assert counts.by_outcome["throttle"] == 2
+    assert counts.by_outcome["forwarded"] == counts.requests_total - 2
+
+
 async def test_capacity_throttles_what_exceeds_the_rate(
     make_client: ClientFactory, proxy: FaultProxy
 ) -> None:
@@ -457,6 +473,8 @@ async def test_set_mode_rejects_nonsense(proxy: FaultProxy) -> None:
         {"mode": "pass", "probability": 0.5, "fault": "down"},
         {"mode": "pass", "capacity_per_s": 0.0},
         {"mode": "pass", "capacity_per_s": -5.0},
+        {"mode": "throttle", "requests": 0},
+        {"mode": "down", "requests": 2},
     ]
     for kwargs in bad:
         with pytest.raises(ValueError):
