@@ -380,10 +380,9 @@ class MemoryClient:
         op.set_metric_attribute("memsdk.degraded", ctx.degraded)
         if op.recording:
             op.set("memsdk.turns", len(ctx.turns))
-            op.set("memsdk.session.found", ctx.meta is not None)
             op.set("memsdk.breaker.state", self._store_breaker.state)
-            op.set("memsdk.wal.pending", len(pending))
-            op.set("memsdk.consistency", self._config.consistency)
+            if pending:
+                op.set("memsdk.wal.pending", len(pending))
         if not ctx.degraded:
             self._telemetry.loaded_turn_count(0 if ctx.meta is None else ctx.meta.turn_count)
         if ctx.meta is None:

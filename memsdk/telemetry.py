@@ -98,6 +98,9 @@ _COUNTERS: Final = (
 _BREAKER_LEVEL: Final = {"closed": 0, "half_open": 1, "open": 2}
 
 _NO_ATTRIBUTES: Final[Mapping[str, Any]] = {}
+_LISTENER_CHECK_S: Final = 1.0
+# Providers under which no span ever records: skip building spans entirely.
+_NO_TRACING: Final = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 _ContextToken = contextvars.Token[otel_context.Context]
 
 
@@ -258,6 +261,10 @@ class Telemetry:
         """Use the given providers, else the global ones (the API's no-ops until an SDK)."""
         self.enabled = enabled
         self._allowed = frozenset(allowed)
+        self._tracer_provider = tracer_provider
+        self._meter_provider = meter_provider
+        self._tracing_now = self._metering_now = False
+        self._listeners_checked_until = 0.0
         self.client_id = str(next(self._client_ids))
         self._tracer = trace.get_tracer(_SCOPE, _VERSION, tracer_provider=tracer_provider)
         meter = metrics.get_meter(_SCOPE, _VERSION, meter_provider=meter_provider)
@@ -310,13 +317,41 @@ class Telemetry:
 
     # ------------------------------------------------------------------ spans
 
+    def _tracing(self) -> bool:
+        """False while nobody traces: no SDK installed (the API's proxy) or a no-op provider."""
+        if time.monotonic() >= self._listeners_checked_until:
+            self._check_listeners()
+        return self._tracing_now
+
+    def _metering(self) -> bool:
+        """False while nobody collects metrics (the API's proxy or no-op meter provider)."""
+        if time.monotonic() >= self._listeners_checked_until:
+            self._check_listeners()
+        return self._metering_now
+
+    def _check_listeners(self) -> None:
+        # Looking the global providers up costs a few microseconds (os.environ is read each
+        # time), so the answer is kept for a second: an SDK installed after the client was
+        # built is picked up within that second.
+        tracer_provider = self._tracer_provider or trace.get_tracer_provider()
+        meter_provider = self._meter_provider or metrics.get_meter_provider()
+        self._tracing_now = not isinstance(tracer_provider, _NO_TRACING)
+        self._metering_now = not isinstance(meter_provider, metrics.NoOpMeterProvider) and (
+            type(meter_provider).__name__ != "_ProxyMeterProvider"
+        )
+        self._listeners_checked_until = time.monotonic() + _LISTENER_CHECK_S
+
     def operation(self, name: str) -> Scope | UnrecordedScope:
         """A public call's scope: `with telemetry.operation("memsdk.load_context") as op:`."""
         if not self.enabled:
             return _UNRECORDED
-        span: Span | None = self._tracer.start_span(name)
-        if span is not None and not span.is_recording():
-            span = None  # a non-recording span is never made current: nothing to carry
+        span: Span | None = None
+        if self._tracing():
+            span = self._tracer.start_span(name)
+            if not span.is_recording():
+                span = None  # a sampled-out span is never made current: nothing to carry
+        elif not self._metering():
+            return _UNRECORDED  # nobody listens: the cost of a disabled client
         return Scope(self, span, {"memsdk.operation": name}, self.operation_duration, _operation)
 
     def dependency(
@@ -331,14 +366,16 @@ class Telemetry:
         if not self.enabled:
             return _UNRECORDED
         metric_attrs = {"db.system.name": system, "db.operation.name": operation}
-        name = operation if target is None else f"{operation} {target}"
-        span: Span | None = self._tracer.start_span(name, kind=SpanKind.CLIENT)
-        if span is not None and span.is_recording():
-            span.set_attributes(metric_attrs)
-            if attributes:
-                span.set_attributes(attributes)
-        else:
-            span = None
+        span: Span | None = None
+        if self._tracing():
+            name = operation if target is None else f"{operation} {target}"
+            span = self._tracer.start_span(
+                name, kind=SpanKind.CLIENT, attributes={**metric_attrs, **attributes}
+            )
+            if not span.is_recording():
+                span = None
+        elif not self._metering():
+            return _UNRECORDED
         return Scope(self, span, metric_attrs, self.dependency_duration, _dependency)
 
     def finished_dependency_call(
@@ -357,13 +394,18 @@ class Telemetry:
         metric_attrs: dict[str, Any] = {"db.system.name": system, "db.operation.name": operation}
         if error_type is not None:
             metric_attrs["error.type"] = error_type
-        self.dependency_duration.record((ended_ns - started_ns) / 1e9, metric_attrs)
-        span = self._tracer.start_span(operation, kind=SpanKind.CLIENT, start_time=started_ns)
+        if self._metering():
+            self.dependency_duration.record((ended_ns - started_ns) / 1e9, metric_attrs)
+        if not self._tracing():
+            return
+        span = self._tracer.start_span(
+            operation,
+            kind=SpanKind.CLIENT,
+            attributes={**metric_attrs, **attributes},
+            start_time=started_ns,
+        )
         if not span.is_recording():
             return
-        span.set_attributes(metric_attrs)
-        if attributes:
-            span.set_attributes(attributes)
         if error_type is not None:
             span.set_status(Status(StatusCode.ERROR, error_type))
         span.end(end_time=ended_ns)
@@ -386,7 +428,7 @@ class Telemetry:
 
     def event(self, name: str, attributes: Mapping[str, Any] = _NO_ATTRIBUTES) -> None:
         """Add an event to the current span, if it records."""
-        if not self.enabled:
+        if not self.enabled or not self._tracing():
             return
         span = trace.get_current_span()
         if span.is_recording():
