@@ -1392,7 +1392,11 @@ def _retry_after(exc: BaseException) -> float | None:
 
 
 def _final_for_wal(exc: BaseException) -> bool:
-    """A flush failure that no retry can fix: the records go to rejected/, not round again."""
-    if isinstance(exc, StoreUnavailableError):
-        return False
-    return isinstance(exc, SessionOwnershipError | StoreError)
+    """A flush failure that no retry can fix: the records go to rejected/, not round again.
+
+    A store error about the deployment (missing table, credentials, permissions, disk) is
+    not final: the records wait, with backoff, until an operator fixes it.
+    """
+    if isinstance(exc, SessionOwnershipError):
+        return True
+    return isinstance(exc, StoreError) and exc.permanent

@@ -85,7 +85,20 @@ class ClientClosedError(MemsdkError, RuntimeError):
 
 
 class StoreError(MemsdkError):
-    """The durable store refused the request; retrying the same call will not help."""
+    """The durable store refused the request; retrying the same call will not help.
+
+    `permanent` is True when this request itself can never succeed (a turn-id collision,
+    an item the store will never accept). False, the default, when the cause lies outside
+    the request (a missing table, credentials, permissions, a full disk): the same request
+    succeeds once an operator fixes that, so the write-ahead log keeps such records
+    pending instead of setting them aside.
+    """
+
+    def __init__(
+        self, message: str, *, session_id: str | None = None, permanent: bool = False
+    ) -> None:
+        super().__init__(message, session_id=session_id)
+        self.permanent = permanent
 
 
 class StoreUnavailableError(StoreError):

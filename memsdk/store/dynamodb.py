@@ -208,6 +208,7 @@ class DynamoDBStore:
                 f"a commit holds at most {_MAX_TRANSACT_ITEMS} items (META + turns + summary), "
                 f"got {len(transact)}: split the append",
                 session_id=sid,
+                permanent=True,
             )
         # One token for every attempt of this commit, whichever layer retries: DynamoDB
         # then answers a re-sent, already applied transaction with success (for 10 minutes;
@@ -296,6 +297,7 @@ class DynamoDBStore:
                 "turn id collision: a TURN item with the same id and different content "
                 f"already exists in table {self._table!r}; nothing was written",
                 session_id=sid,
+                permanent=True,
             )
         if existing:
             # Part of these turns landed in an earlier write (a buffered batch cut another

@@ -184,7 +184,12 @@ def to_store_error(
             "(signatures expire)",
             session_id=session_id,
         )
-    return StoreError(f"{what} was refused ({exc.code})", session_id=session_id)
+    # A malformed request stays malformed; anything else unknown may be the deployment's.
+    return StoreError(
+        f"{what} was refused ({exc.code})",
+        session_id=session_id,
+        permanent=exc.kind == "validation",
+    )
 
 
 class RetryGate(Protocol):

@@ -303,6 +303,7 @@ def _encode(record: MetaRecord | TurnRecord | SummaryRecord, write: SessionWrite
             f"sqlite store could not commit a write: it does not encode as JSON ({exc});"
             " attribute values must be JSON types",
             session_id=write.meta.session_id,
+            permanent=True,
         ) from exc
 
 
@@ -335,6 +336,7 @@ def _commit_sync(conn: sqlite3.Connection, *, write: SessionWrite) -> CommitOutc
                     f"turn id {sk[len(_TURN_PREFIX) :]} already exists with different content;"
                     " turn ids must be unique: this is a memsdk bug, please report it",
                     session_id=write.meta.session_id,
+                    permanent=True,
                 )
             landed.add(sk[len(_TURN_PREFIX) :])
         if turn_rows and len(landed) == len(turn_rows):

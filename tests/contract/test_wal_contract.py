@@ -15,6 +15,7 @@ from memsdk.errors import (
     BackpressureError,
     ConfigError,
     SessionOwnershipError,
+    StoreError,
     StoreUnavailableError,
 )
 from memsdk.store.base import CommitOutcome, SessionWrite
@@ -243,6 +244,48 @@ async def test_buffered_append_checks_the_owner_of_pending_and_stored_sessions(
     with pytest.raises(SessionOwnershipError):
         await other.append_turns("pending", pair(2), customer_id="C2")
     assert await stored(open_client, "pending") == (["q0", "a0"], 2)
+
+
+class Misdeployed(FaultyStore):
+    """Commits fail as with a missing table or revoked credentials until `fixed`."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.fixed = False
+        self.refusals = 0
+
+    async def commit(self, write: SessionWrite) -> CommitOutcome:
+        if not self.fixed:
+            self.refusals += 1
+            raise StoreError("DynamoDB table 't' does not exist (test)")
+        return await super().commit(write)
+
+
+async def test_a_deployment_error_keeps_records_pending_and_a_permanent_one_sets_them_aside(
+    open_client: Any, store_settings: dict[str, Any], wal_dir: str
+) -> None:
+    store = faulty(store_settings, Misdeployed)
+    mem = await open_client(store=store, wal_dir=wal_dir)
+    await mem.append_turns("s1", pair(0), customer_id="C1")
+    with pytest.raises(StoreUnavailableError):
+        await mem.flush(timeout=1.0)  # the store keeps refusing: the records wait
+    assert store.refusals >= 1
+    health = mem.health()
+    assert health.wal_pending_records == 1 and health.wal_rejected_records == 0
+    store.fixed = True  # an operator created the table
+    await mem.flush(timeout=30)
+    assert await stored(open_client, "s1") == (["q0", "a0"], 2)
+    # A permanent refusal: another customer owns the session by the time the flush runs.
+    gated = faulty(store_settings, GatedStore)
+    writer = await open_client(store=gated, wal_dir=wal_dir + "-2")
+    await writer.append_turns("taken", pair(1), customer_id="C1")
+    other = await open_client()
+    await other.append_turns("taken", pair(2), customer_id="C2")
+    gated.gate.set()
+    await writer.flush(timeout=30)  # done with it: the record is set aside, not retried
+    assert writer.health().wal_rejected_records == 1
+    assert (Path(wal_dir + "-2") / "rejected" / "rejected.jsonl").stat().st_size > 0
+    assert await stored(open_client, "taken") == (["q2", "a2"], 2)
 
 
 async def test_one_wal_dir_per_process_and_private_files(
