@@ -76,10 +76,25 @@ async def test_redis_behind_own_write_is_not_trusted(
     assert [t.content for t in ctx.turns] == ["q1", "q2"]
 
 
+@pytest.mark.parametrize("store_settings", ["sqlite", "dynamodb-lean"], indirect=True)
 async def test_eviction_storm_loses_no_session(
     make_client: ClientFactory, store_settings: dict[str, Any]
 ) -> None:
     """maxmemory 2mb + allkeys-lru: the original design lost 30% of sessions this way."""
+    await eviction_storm(make_client, store_settings)
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("store_settings", ["dynamodb-aioboto3"], indirect=True)
+async def test_eviction_storm_on_the_reference_data_path(
+    make_client: ClientFactory, store_settings: dict[str, Any]
+) -> None:
+    """The same storm on the aioboto3 path (~100 s here): it tests the cache, not the path."""
+    await eviction_storm(make_client, store_settings)
+
+
+async def eviction_storm(make_client: ClientFactory, store_settings: dict[str, Any]) -> None:
+    """Thousands of sessions through a Redis too small for them; every one read back."""
     server = RedisServer().start(maxmemory="2mb", maxmemory_policy="allkeys-lru")
     try:
         sessions = 5_000 if store_settings["store"].startswith("sqlite") else 3_000
