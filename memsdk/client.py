@@ -948,7 +948,7 @@ class MemoryClient:
             is_retryable=lambda exc: not _final_for_wal(exc),
             retry_after=_retry_after,
             on_reject=self._reject_batch,
-            batch_fits=batch_fits,
+            batch_fits=lambda batch, entry: batch_fits(batch, entry, cfg.wal_flush_batch_turns),
             concurrency=cfg.wal_flush_concurrency,
         )
         self._wal, self._flusher = wal, flusher

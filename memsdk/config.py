@@ -164,6 +164,9 @@ class Config:
     wal_batch_records: int = 256
     # Sessions the background flusher writes to the store at once.
     wal_flush_concurrency: int = 16
+    # Turns per flush transaction (an append is never split). Small transactions keep each
+    # call fast while a backlog drains beside live traffic; many run at once.
+    wal_flush_batch_turns: int = 25
     # How long aclose() waits for the WAL to drain before leaving records for the next start.
     wal_close_timeout: float = 5.0
     # Circuit breakers, one per dependency (store, Redis): a failure (or slow-call) rate over
@@ -210,6 +213,7 @@ class Config:
         _check_float("wal_linger", self.wal_linger, 0.0, 1.0)
         _check_int("wal_batch_records", self.wal_batch_records, 1, 100_000)
         _check_int("wal_flush_concurrency", self.wal_flush_concurrency, 1, 1_024)
+        _check_int("wal_flush_batch_turns", self.wal_flush_batch_turns, 1, 99)
         _check_float("wal_close_timeout", self.wal_close_timeout, 0.0, 3_600.0)
         _check_float("breaker_window", self.breaker_window, 0.1, 3_600.0)
         _check_int("breaker_min_calls", self.breaker_min_calls, 1, 1_000_000)

@@ -113,11 +113,16 @@ def decode_append(lsn: int, payload: bytes, appended_at_ms: int) -> BufferedAppe
     )
 
 
-def batch_fits(batch: Sequence[BufferedAppend], entry: BufferedAppend) -> bool:
-    """Whether `entry` joins `batch` in one store transaction."""
+def batch_fits(
+    batch: Sequence[BufferedAppend], entry: BufferedAppend, max_turns: int = MAX_BATCH_TURNS
+) -> bool:
+    """Whether `entry` joins `batch` in one store transaction of at most `max_turns` turns.
+
+    An append is never split: a batch always takes its first entry, whatever its size.
+    """
     turns = sum(e.turn_count for e in batch) + entry.turn_count
     size = sum(e.size for e in batch) + entry.size
-    return turns <= MAX_BATCH_TURNS and size <= MAX_BATCH_BYTES
+    return turns <= min(max_turns, MAX_BATCH_TURNS) and size <= MAX_BATCH_BYTES
 
 
 def overlay(

@@ -13,7 +13,13 @@ reach the store in the order they were acknowledged. Keys are independent: up to
 `concurrency` of them are written at once.
 
 While the store fails, every worker waits for one shared, growing backoff (full jitter):
-an outage costs about one probe per interval, not one per pending session. When the
+an outage costs about one probe per interval, not one per pending session.
+
+Recovery is a slow start: after a failure one batch at a time is in flight, and each
+success lets one more go, up to `concurrency`. A backlog of every session's pending turns
+therefore reaches a store that just came back (and is serving live traffic again) as a
+ramp, not as `concurrency` large transactions at once that make it slow, trip the circuit
+breaker again and stall the drain. When the
 failure says when the store may be tried again (`retry_after`: an open circuit breaker
 refused the call without sending it), the workers wait exactly that long instead: the
 refusal says nothing new about the store, so the backoff does not grow, and the backlog
@@ -104,7 +110,10 @@ class Flusher(Generic[E]):
         self._changed = asyncio.Condition()
         self._failures = 0
         self._resume_at = 0.0
-        self._probe = asyncio.Lock()
+        # Batches allowed in flight: 1 after a failure, +1 per success, up to concurrency.
+        self._window = concurrency
+        self._in_flight = 0
+        self._window_changed = asyncio.Condition()
         self._workers: list[asyncio.Task[None]] = []
         self._applied_batches = 0
         self._applied_records = 0
@@ -204,13 +213,16 @@ class Flusher(Generic[E]):
 
     async def _drain_one_batch(self, key: str) -> None:
         await self._wait_out_backoff()
-        if not self._failures:
+        async with self._window_changed:
+            await self._window_changed.wait_for(lambda: self._in_flight < self._window)
+            self._in_flight += 1
+        try:
+            await self._wait_out_backoff()  # a batch that failed while we queued set one
             await self._attempt(key)
-            return
-        # The store is failing: one probe at a time until a batch succeeds.
-        async with self._probe:
-            await self._wait_out_backoff()
-            await self._attempt(key)
+        finally:
+            async with self._window_changed:
+                self._in_flight -= 1
+                self._window_changed.notify_all()
 
     async def _attempt(self, key: str) -> None:
         queue = self._by_key.get(key)
@@ -229,8 +241,9 @@ class Flusher(Generic[E]):
             if self._is_retryable(exc):
                 self._failed_attempts += 1
                 hint = self._retry_after(exc)
+                self._window = 1  # probe one batch at a time until one succeeds
                 if hint is not None:
-                    # Not sent: probe one at a time from when a call may go (plus jitter).
+                    # Not sent: probe from when a call may go (plus jitter).
                     self._failures = max(self._failures, 1)
                     delay = max(hint, self._backoff_base_s) + random.uniform(
                         0, self._backoff_base_s
@@ -249,6 +262,7 @@ class Flusher(Generic[E]):
             self._rejected_records += len(batch)
         else:
             self._failures = 0
+            self._window = min(self._concurrency, self._window + 1)
             self._applied_batches += 1
             self._applied_records += len(batch)
         await self._done(key, batch)

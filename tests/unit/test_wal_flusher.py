@@ -261,3 +261,50 @@ async def test_a_refusal_waits_exactly_its_retry_after_without_growing_the_backo
     assert 2.0 <= sleeps[0] <= 2.0 + 0.05
     assert all(0.05 <= s <= 0.1 for s in sleeps[1:]) and len(sleeps) == 3
     assert 2.1 <= now[0] <= 2.3
+
+
+async def test_after_a_failure_the_drain_ramps_up_one_batch_at_a_time() -> None:
+    # Each apply notes how many batches were in flight when it started (itself included)
+    # and whether it started after the failure; the first apply to finish fails.
+    in_flight = 0
+    starts: list[tuple[bool, int]] = []
+    failed = False
+
+    async def apply(key: str, batch: list[Entry]) -> None:
+        nonlocal in_flight, failed
+        in_flight += 1
+        starts.append((failed, in_flight))
+        try:
+            await asyncio.sleep(0.005)
+            if not failed:
+                failed = True
+                raise Transient
+        finally:
+            in_flight -= 1
+
+    rec = Recorder()
+    flusher = Flusher(
+        apply=apply,
+        confirm=rec.confirmed.extend,
+        is_retryable=lambda exc: isinstance(exc, Transient),
+        on_reject=rec.reject,
+        batch_fits=lambda batch, entry: False,
+        concurrency=8,
+        backoff_base_s=0.001,
+        backoff_cap_s=0.01,
+    )
+    flusher.start()
+    try:
+        for lsn in range(1, 41):
+            flusher.add(Entry(lsn, f"s{lsn}"))
+        await flusher.wait_through(40, timeout=10)
+    finally:
+        await flusher.stop()
+    assert sorted(rec.confirmed) == list(range(1, 41))
+    before = [n for after, n in starts if not after]
+    recovery = [n for after, n in starts if after]
+    assert max(before) == 8  # healthy: the whole concurrency at once
+    # After the failure: one batch, then one more per success, up to the concurrency.
+    assert recovery[0] == 1
+    assert all(n <= i + 1 for i, n in enumerate(recovery)), recovery
+    assert max(recovery) == 8
