@@ -128,6 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemsdkError as exc:
         print(f"memsdk: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # asyncio.run cancelled the command's task first: clients and proxies are closed.
+        print("\nmemsdk: interrupted", file=sys.stderr)
+        return 130
 
 
 async def _simulate(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from memsdk.config import Config, DynamoDBStoreSpec
 from memsdk.simulate.chaos import (
     ChaosEvent,
     ChaosSchedule,
@@ -15,6 +16,7 @@ from memsdk.simulate.chaos import (
     check_chaos,
     parse_chaos,
 )
+from memsdk.simulate.runner import _dynamodb_url, _via_relay
 from memsdk.store.sqlite import SQLiteStore
 from memsdk.testing import FaultyStore
 
@@ -187,3 +189,16 @@ async def test_faulty_store_target_fails_and_slows_the_embedded_store(tmp_path: 
         assert (store.down, store.delay_s) == (False, 0.0)
     finally:
         await store.aclose()
+
+
+def test_fault_front_ends_keep_everything_but_the_address() -> None:
+    spec = Config(store=DDB_LOCAL).store_spec
+    assert isinstance(spec, DynamoDBStoreSpec)
+    url = _dynamodb_url(spec, "http://127.0.0.1:4567")
+    assert Config(store=url).store_spec == DynamoDBStoreSpec(
+        table="t-1", region="us-east-1", endpoint="http://127.0.0.1:4567"
+    )
+    assert _via_relay("redis://:s3cret@cache.internal:6380/2?x=1", 7000) == (
+        "redis://:s3cret@127.0.0.1:7000/2?x=1"
+    )
+    assert _via_relay("redis://127.0.0.1:6379", 7001) == "redis://127.0.0.1:7001"
