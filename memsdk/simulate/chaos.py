@@ -45,6 +45,7 @@ __all__ = [
     "FaultyStoreTarget",
     "ProxyStoreTarget",
     "RelayTarget",
+    "Target",
     "check_chaos",
     "format_seconds",
     "parse_chaos",
