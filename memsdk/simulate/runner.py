@@ -295,8 +295,11 @@ class _Simulation:
             plan = None
 
     async def _pause(self, seconds: float) -> bool:
-        """Sleep unless that passes the deadline; False when the load is over."""
-        if time.monotonic() + seconds >= self.deadline:
+        """Sleep; False (after sleeping to the deadline) when that would pass the deadline."""
+        left = self.deadline - time.monotonic()
+        if seconds >= left:
+            # The slot idles to the end: the load lasts the planned duration, not less.
+            await asyncio.sleep(max(0.0, left))
             return False
         await asyncio.sleep(seconds)
         return True

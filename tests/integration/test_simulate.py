@@ -127,8 +127,8 @@ def test_store_outage_without_a_wal_refuses_appends_and_none_of_them_lands(
     (chaos,) = data["chaos"]
     assert chaos["event"] == "store-outage@1s+1.5s"
     assert chaos["mechanism"] == "FaultyStore around SQLite"
-    assert 1.0 <= chaos["applied_at_s"] < 1.5
-    assert chaos["lifted_at_s"] - chaos["applied_at_s"] == pytest.approx(1.5, abs=0.3)
+    assert 1.0 <= chaos["applied_at_s"] < 2.0  # on time, give or take a busy event loop
+    assert chaos["lifted_at_s"] - chaos["applied_at_s"] == pytest.approx(1.5, abs=0.5)
     assert "store-outage@1s+1.5s: applied at" in out.stdout
 
 
@@ -207,6 +207,8 @@ def test_redis_kill_costs_misses_not_errors_and_spares_the_server(
         "--report",
         str(tmp_path / "r.json"),
         "--no-progress",
+        # A slow fsync on a busy machine must not pass for a Redis-caused error.
+        env={"MEMSDK_WRITE_TIMEOUT": "15"},
     )
     assert out.returncode == 0, out.stdout + out.stderr
     data = report(tmp_path / "r.json")
