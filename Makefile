@@ -20,9 +20,12 @@ tools:
 dynamodb-local: tools
 	scripts/fetch-dynamodb-local.sh
 
+# The seed workload on the embedded store, through a WAL, with a 3 s store outage; every
+# acknowledged turn is read back. Report: .cache/demo-report.json and .html.
 demo: $(STAMP)
 	mkdir -p .cache
-	$(BIN)/memsdk simulate --store sqlite:///.cache/demo.db --duration 10 --sessions 50
+	$(BIN)/memsdk simulate --store sqlite:///.cache/demo.db --duration 10 --sessions 50 \
+		--wal-dir .cache/demo-wal --chaos store-outage@3s+3s --report .cache/demo-report.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check memsdk tests benchmarks

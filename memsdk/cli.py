@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import logging
 import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from memsdk.config import Config, DynamoDBStoreSpec
 from memsdk.errors import MemsdkError
@@ -29,16 +32,57 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memsdk", description="Conversation memory SDK tools.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sim = sub.add_parser("simulate", help="run the seed workload and verify every turn")
+    sim = sub.add_parser(
+        "simulate",
+        help="run the seed workload (optionally with chaos) and verify every turn",
+        description="Run the seed workload against a store, optionally with faults, print a "
+        "results table and read every acknowledged turn back. Exit code 0: every turn "
+        "verified; 1: something is missing, duplicated, out of order or changed; 2: usage.",
+    )
     _store_arg(sim, _DEFAULT_SIM_STORE)
     sim.add_argument("--duration", type=float, default=10.0, help="seconds of load (default 10)")
     sim.add_argument("--sessions", type=int, default=50, help="concurrent sessions (default 50)")
-    sim.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    sim.add_argument("--seed", type=int, default=7, help="random seed of the workload (default 7)")
     sim.add_argument(
         "--wal-dir",
         default=os.environ.get("MEMSDK_WAL_DIR"),
         help="buffer appends in a write-ahead log in this directory (default: synchronous)",
     )
+    sim.add_argument(
+        "--redis-url",
+        default=os.environ.get("MEMSDK_REDIS_URL"),
+        help="use a Redis META cache (default: $MEMSDK_REDIS_URL, else none)",
+    )
+    sim.add_argument(
+        "--chaos",
+        metavar="SPEC",
+        help="faults to inject, e.g. store-outage@10s+5s,redis-kill@20s "
+        "(kinds: store-outage, store-slow[:LATENCY], store-throttle[:SHARE], redis-kill)",
+    )
+    sim.add_argument(
+        "--report",
+        metavar="PATH",
+        help="write the results as JSON to PATH and an HTML page with plots beside it",
+    )
+    sim.add_argument(
+        "--report-html", metavar="PATH", help="where the HTML page goes (default: PATH.html)"
+    )
+    sim.add_argument(
+        "--think", type=float, default=1.0, help="mean think time between bursts (default 1 s)"
+    )
+    sim.add_argument(
+        "--power-share",
+        type=float,
+        default=0.05,
+        help="share of sessions that are power users with hundreds of turns (default 0.05)",
+    )
+    sim.add_argument(
+        "--flush-timeout",
+        type=float,
+        default=120.0,
+        help="seconds to wait for the WAL to drain after the load (default 120)",
+    )
+    sim.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
     table = sub.add_parser("create-table", help="create the DynamoDB table (idempotent)")
     _store_arg(table, None)
@@ -84,25 +128,82 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemsdkError as exc:
         print(f"memsdk: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # asyncio.run cancelled the command's task first: clients and proxies are closed.
+        print("\nmemsdk: interrupted", file=sys.stderr)
+        return 130
 
 
 async def _simulate(args: argparse.Namespace) -> int:
-    from memsdk.simulate import run_simulation
+    from memsdk.simulate import (
+        ChaosSpecError,
+        Progress,
+        ProgressLogHandler,
+        SimulationOptions,
+        parse_chaos,
+        render_table,
+        run_simulation,
+        write_reports,
+    )
 
-    if args.duration <= 0 or args.sessions < 1:
-        print("memsdk: --duration must be > 0 and --sessions >= 1", file=sys.stderr)
+    if args.duration <= 0 or args.sessions < 1 or args.think < 0:
+        print("memsdk: --duration must be > 0, --sessions >= 1, --think >= 0", file=sys.stderr)
+        return 2
+    if not 0 <= args.power_share <= 1 or args.flush_timeout <= 0:
+        print("memsdk: --power-share must be in [0, 1], --flush-timeout > 0", file=sys.stderr)
+        return 2
+    if args.report_html and not args.report:
+        print("memsdk: --report-html needs --report PATH", file=sys.stderr)
+        return 2
+    try:
+        chaos = parse_chaos(args.chaos) if args.chaos is not None else ()
+    except ChaosSpecError as exc:
+        print(f"memsdk: --chaos: {exc}", file=sys.stderr)
         return 2
     config = Config.from_env(store=args.store, wal_dir=args.wal_dir)
+    if args.redis_url:
+        config = dataclasses.replace(config, redis_url=args.redis_url)
+    options = SimulationOptions(
+        duration_s=args.duration,
+        sessions=args.sessions,
+        seed=args.seed,
+        chaos=chaos,
+        think_s=args.think,
+        power_share=args.power_share,
+        flush_timeout_s=args.flush_timeout,
+    )
+    chaos_text = ", chaos " + ",".join(str(e) for e in chaos) if chaos else ""
     print(
-        f"simulating {args.sessions} sessions for {args.duration:.0f}s "
-        f"on {config.store.split('?')[0].split('://')[0]} ...",
+        f"simulating {args.sessions} sessions for {args.duration:g}s on "
+        f"{config.store.split('?')[0].split('://')[0]}{chaos_text} ...",
         flush=True,
     )
-    result = await run_simulation(
-        config, duration_s=args.duration, sessions=args.sessions, seed=args.seed
+    progress = None if args.no_progress else Progress(sys.stderr)
+    # memsdk's own warnings (degraded answers, breaker trips) are part of what a user should
+    # see; shown above the bar rather than through it.
+    handler: logging.Handler = (
+        ProgressLogHandler(progress) if progress is not None else logging.StreamHandler()
     )
-    print(result.render())
-    return 0 if result.ok else 1
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("memsdk %(levelname)s: %(message)s"))
+    package_logger = logging.getLogger("memsdk")
+    package_logger.addHandler(handler)
+    try:
+        result = await run_simulation(config, options, progress=progress)
+    except ChaosSpecError as exc:
+        print(f"memsdk: --chaos: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        package_logger.removeHandler(handler)
+    print(render_table(result))
+    if args.report:
+        json_path = Path(args.report)
+        html_path = Path(args.report_html or f"{args.report}.html")
+        if not args.report_html and json_path.suffix == ".json":
+            html_path = json_path.with_suffix(".html")
+        write_reports(result, json_path, html_path)
+        print(f"report: {json_path} and {html_path}")
+    return result.exit_code
 
 
 async def _create_table(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ real embedded store, not a mock, so your tests see the behaviour production sees
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 
@@ -94,12 +95,14 @@ class FaultyStore:
     `down = True`: every call raises StoreUnavailableError before reaching the store.
     `lose_commit_replies = n`: the next n commits are applied, then raise
     StoreUnavailableError(maybe_applied=True), as when a reply is lost on the network.
+    `delay_s = 0.5`: every call waits that long first, as a slow store does.
     """
 
     def __init__(self, inner: Store) -> None:
         self.inner = inner
         self.down = False
         self.lose_commit_replies = 0
+        self.delay_s = 0.0
         self.refused = 0
 
     @property
@@ -107,7 +110,9 @@ class FaultyStore:
         """The wrapped store's description."""
         return self.inner.description
 
-    def _check(self, session_id: str | None) -> None:
+    async def _check(self, session_id: str | None) -> None:
+        if self.delay_s > 0:
+            await asyncio.sleep(self.delay_s)
         if self.down:
             self.refused += 1
             raise StoreUnavailableError("FaultyStore is down (test)", session_id=session_id)
@@ -121,22 +126,22 @@ class FaultyStore:
         await self.inner.aclose()
 
     async def get_meta(self, session_id: str, *, consistent: bool) -> MetaRecord | None:
-        """Fail when down, else delegate."""
-        self._check(session_id)
+        """Wait delay_s; fail when down, else delegate."""
+        await self._check(session_id)
         return await self.inner.get_meta(session_id, consistent=consistent)
 
     async def query_turns(
         self, session_id: str, *, before_turn_id: str | None, limit: int, consistent: bool
     ) -> list[TurnRecord]:
-        """Fail when down, else delegate."""
-        self._check(session_id)
+        """Wait delay_s; fail when down, else delegate."""
+        await self._check(session_id)
         return await self.inner.query_turns(
             session_id, before_turn_id=before_turn_id, limit=limit, consistent=consistent
         )
 
     async def commit(self, write: SessionWrite) -> CommitOutcome:
-        """Fail when down; apply and then lose the reply when told to; else delegate."""
-        self._check(write.meta.session_id)
+        """Wait delay_s; fail when down; apply, then lose the reply when told to."""
+        await self._check(write.meta.session_id)
         outcome = await self.inner.commit(write)
         if self.lose_commit_replies > 0:
             self.lose_commit_replies -= 1
@@ -148,6 +153,6 @@ class FaultyStore:
         return outcome
 
     async def purge_session(self, session_id: str, *, through_turn_id: str, version: int) -> None:
-        """Fail when down, else delegate."""
-        self._check(session_id)
+        """Wait delay_s; fail when down, else delegate."""
+        await self._check(session_id)
         await self.inner.purge_session(session_id, through_turn_id=through_turn_id, version=version)
