@@ -388,7 +388,10 @@ class RedisMetaCache:
 
     def _warn(self, kind: str, exc: BaseException | None) -> None:
         # Exception text from redis-py names hosts and commands, never keys or values.
-        detail = f": {type(exc).__name__}: {str(exc)[:200]}" if exc is not None else ""
+        detail = ""
+        if exc is not None:
+            name = type(exc).__name__
+            detail = f": {str(exc)[:200]}" if name == kind else f": {name}: {str(exc)[:200]}"
         self._log.log(
             logging.WARNING,
             kind,
