@@ -277,3 +277,47 @@ def test_telemetry_settings_are_validated() -> None:
         Config(telemetry_enabled="yes")  # type: ignore[arg-type]
     env: dict[str, Any] = {"MEMSDK_TELEMETRY_ATTRIBUTES": "session_id, customer_id"}
     assert Config.from_env(env).telemetry_attributes == ("session_id", "customer_id")
+
+
+def test_every_instrument_is_documented_and_every_documented_one_exists(
+    otel: InMemoryOtel,
+) -> None:
+    """docs/observability.md's metric table and what memsdk exports agree, both ways."""
+    import re
+
+    from memsdk.telemetry import Telemetry, TelemetrySnapshot
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "observability.md").read_text()
+    section = doc.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    documented = {
+        name
+        for row in section.splitlines()
+        if row.startswith("| `")
+        for name in re.findall(r"`([a-z0-9_.]+)`", row.split("|")[1])
+    }
+    # Drive every signal once, so every instrument has a point to export.
+    telemetry = Telemetry(**otel.providers())
+    telemetry.observe(
+        lambda: TelemetrySnapshot(
+            store_breaker="closed",
+            redis_breaker="open",
+            l1_entries=1,
+            l1_bytes=100,
+            wal_pending_records=2,
+            wal_pending_bytes=200,
+            wal_oldest_pending_age_s=0.5,
+        )
+    )
+    with telemetry.operation("memsdk.load_context"), telemetry.dependency("sqlite", "get_meta"):
+        telemetry.retry("sent")
+        telemetry.retry("refused_budget")
+    telemetry.cache_lookup("l1", "hit")
+    telemetry.redis_bypassed("GET")
+    telemetry.breaker_changed("store", "closed", "open")
+    telemetry.degraded("breaker_open")
+    telemetry.context_lost("load_context")
+    telemetry.backpressure("wal_full")
+    telemetry.wal_replay(3)
+    telemetry.loaded_turn_count(1)
+    exported = {p.name for p in otel.points()}
+    assert exported == documented
