@@ -97,7 +97,8 @@ async def eviction_storm(make_client: ClientFactory, store_settings: dict[str, A
     """Thousands of sessions through a Redis too small for them; every one read back."""
     server = RedisServer().start(maxmemory="2mb", maxmemory_policy="allkeys-lru")
     try:
-        sessions = 5_000 if store_settings["store"].startswith("sqlite") else 3_000
+        # ~1,100 sessions fit in 2 MB: these overflow it by 2-3x (evictions are asserted).
+        sessions = 3_000 if store_settings["store"].startswith("sqlite") else 2_000
         writer = await make_client(redis_url=server.url)
         reader = await make_client(redis_url=server.url, l1_max_bytes=64 * 1024)
         limit = asyncio.Semaphore(32)
