@@ -97,6 +97,9 @@ def prefill_turns(count: int) -> list[Turn]:
 
 def memsdk_config(store: str, **options: Any) -> Config:
     """The memsdk configuration every benchmark uses (defaults but for the timeouts)."""
+    # A 50-turn pre-fill commit on a loaded emulator takes longer than the breaker's default
+    # slow-call threshold (0.25 s): with it, pre-filling opens the store breaker.
+    options.setdefault("breaker_slow_call", TIMEOUT_S)
     return Config(store=store, read_timeout=TIMEOUT_S, write_timeout=TIMEOUT_S, **options)
 
 

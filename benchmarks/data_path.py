@@ -251,7 +251,6 @@ class Requests:
                 customer_id=CUSTOMER_ID,
                 now_ms=now_ms,
                 ttl_seconds=self._config.ttl_seconds,
-                ids=self._ids,
             )
         else:  # append_turns of the pair on a new session: META + 2 TURN, one transaction
             write = rules.plan_append(
