@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -165,47 +165,72 @@ def _resilience_table(benchmarks: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
-def _micro_table(benchmarks: list[dict[str, Any]]) -> list[str]:
-    """In-process operations, ns per call (kind "micro")."""
-    lines = [
-        "| benchmark | candidate | calls per batch | batches | ns/call median | p90 |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """A Markdown table, every column but the first two right-aligned, and a blank line."""
+    align = ["---", "---", *["---:"] * (len(header) - 2)]
+    return [
+        f"| {' | '.join(header)} |",
+        f"| {' | '.join(align)} |",
+        *(f"| {' | '.join(row)} |" for row in rows),
+        "",
     ]
-    for bench in benchmarks:
-        for name, c in bench["candidates"].items():
-            ns = c["ns_per_op"]
-            lines.append(
-                f"| {bench['name']} | {name} | {c['ops_per_batch']:,} | {c['batches']} "
-                f"| {ns['median']:,.0f} | {ns['p90']:,.0f} |"
-            )
-    return [*lines, ""]
+
+
+def _micro_table(benchmarks: list[dict[str, Any]]) -> list[str]:
+    """In-process operations, CPU ns per call (kind "micro")."""
+    header = ["benchmark", "candidate", "calls per batch", "batches", "CPU ns/call median", "p90"]
+    return _table(
+        header,
+        (
+            [
+                bench["name"],
+                name,
+                f"{c['ops_per_batch']:,}",
+                str(c["batches"]),
+                f"{c['ns_per_op']['median']:,.0f}",
+                f"{c['ns_per_op']['p90']:,.0f}",
+            ]
+            for bench in benchmarks
+            for name, c in bench["candidates"].items()
+        ),
+    )
+
+
+def _peer_rows(bench: dict[str, Any]) -> Iterator[list[str]]:
+    limit = bench["limit"]
+    for point in bench["checkpoints"]:
+        low, high = point["range"]
+        for name, c in point["candidates"].items():
+            yield [
+                f"{low}-{high}",
+                name,
+                str(c["appends"]),
+                _fmt(c["latency_ms"]["median"]),
+                _fmt(c["latency_ms"]["p90"]),
+                _fmt(c["cpu_ms"]["median"]),
+                _fmt(c["sent_bytes"] / 1024, 1),
+                _fmt(c["received_bytes"] / 1024, 1),
+                _fmt(c["capacity_units"], 1),
+            ]
+        if limit is not None and limit["stored_turns"] <= low:
+            refused = f"refused: the item passed 400 KB at {limit['stored_turns']} turns"
+            yield [f"{low}-{high}", "LangChain DynamoDBChatMessageHistory", refused, *[""] * 6]
 
 
 def _peer_table(benchmarks: list[dict[str, Any]]) -> list[str]:
     """Append cost by session length, candidates side by side (kind "peer")."""
-    lines = [
-        "| session length (turns before the append) | candidate | appends | median ms | p90 ms "
-        "| client CPU ms | request KB | reply KB | capacity units |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    header = [
+        "session length (turns before the append)",
+        "candidate",
+        "appends",
+        "median ms",
+        "p90 ms",
+        "client CPU ms",
+        "request KB",
+        "reply KB",
+        "capacity units",
     ]
-    for bench in benchmarks:
-        limit = bench["limit"]
-        for point in bench["checkpoints"]:
-            low, high = point["range"]
-            for name, c in point["candidates"].items():
-                lat = c["latency_ms"]
-                lines.append(
-                    f"| {low}-{high} | {name} | {c['appends']} | {_fmt(lat['median'])} "
-                    f"| {_fmt(lat['p90'])} | {_fmt(c['cpu_ms']['median'])} "
-                    f"| {_fmt(c['sent_bytes'] / 1024, 1)} "
-                    f"| {_fmt(c['received_bytes'] / 1024, 1)} | {_fmt(c['capacity_units'], 1)} |"
-                )
-            if limit is not None and limit["stored_turns"] <= low:
-                lines.append(
-                    f"| {low}-{high} | LangChain DynamoDBChatMessageHistory | fails: the item "
-                    f"passed 400 KB at {limit['stored_turns']} turns | | | | | | |"
-                )
-    return [*lines, ""]
+    return _table(header, (row for bench in benchmarks for row in _peer_rows(bench)))
 
 
 def _headline(report: dict[str, Any]) -> list[str]:

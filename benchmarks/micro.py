@@ -14,9 +14,10 @@ plain way, in nanoseconds per operation:
   seed's epoch-milliseconds ids.
 
 Method (timeit's): an operation runs in batches of N calls with the garbage collector off,
-N calibrated per candidate so that a batch lasts `batch_s`; candidates alternate batch by
-batch, the order rotating every round, so that drift on the shared machine falls on both.
-Figures are medians over batches of ns per call; ratios are memsdk / baseline of those
+timed with the thread's CPU clock, N calibrated per candidate so that a batch costs
+`batch_s`; candidates alternate batch by batch, the order rotating every round, so that
+drift on the shared machine falls on both. Figures are medians over batches of CPU ns per
+call; ratios are memsdk / baseline of those
 medians with a 95% bootstrap interval that resamples rounds (a round's batches stay paired).
 """
 
@@ -43,7 +44,7 @@ from benchmarks.core import (
     Progress,
     Settings,
     _rotated,
-    message_turns,
+    prefill_turns,
     ratio_interval,
     summary,
 )
@@ -75,8 +76,8 @@ class MicroSettings:
     batch_s: float  # the length a batch is calibrated to
 
 
-QUICK = MicroSettings(mode="quick", rounds=21, warmup=2, batch_s=0.004)
-FULL = MicroSettings(mode="full", rounds=41, warmup=3, batch_s=0.015)
+QUICK = MicroSettings(mode="quick", rounds=61, warmup=3, batch_s=0.0015)
+FULL = MicroSettings(mode="full", rounds=101, warmup=5, batch_s=0.004)
 
 
 def micro_settings_for(settings: Settings) -> MicroSettings:
@@ -106,34 +107,18 @@ class Figure:
 
 
 def _records(now_ms: int) -> tuple[MetaRecord, list[TurnRecord]]:
-    """META and the 2 TURN records of one seed append (~0.8 KB user, ~2 KB assistant)."""
-    ids = TurnIdGenerator(lambda: now_ms).next_ids(WINDOW + 2)
-    turns = [
-        TurnRecord(
-            turn_id=turn_id,
-            role=t.role,
-            content=t.content,
-            intent=t.intent,
-            attributes=t.attributes,
-            created_at_ms=now_ms,
-            expires_at=now_ms // 1000 + 30 * 86_400,
-        )
-        for turn_id, t in zip(ids, itertools.cycle(message_turns()), strict=False)
-    ]
-    meta = MetaRecord(
+    """META and 22 TURN records of a seed session, planned by memsdk's own rules."""
+    write = rules.plan_append(
+        None,
         session_id=SESSION_ID,
+        turns=prefill_turns(WINDOW + 2),
         customer_id=CUSTOMER_ID,
-        created_at_ms=now_ms,
-        updated_at_ms=now_ms,
-        turn_count=len(turns),
-        last_turn_id=ids[-1],
-        floor_turn_id=ids[0],
-        page_context={"page": "search", "query": "horror manga"},
-        attributes={},
-        expires_at=now_ms // 1000 + 86_400,
-        version=(now_ms << 20) | 12_345,
+        now_ms=now_ms,
+        ttl_seconds=86_400,
+        retention_seconds=30 * 86_400,
+        ids=TurnIdGenerator(lambda: now_ms),
     )
-    return meta, turns
+    return write.meta, write.turns
 
 
 def _transact_params(meta: MetaRecord, turns: Sequence[TurnRecord]) -> dict[str, Any]:
@@ -369,9 +354,16 @@ def figures() -> list[Figure]:
 # ---------------------------------------------------------------------------- measure
 
 
+def _timer(call: Callable[[], object]) -> timeit.Timer:
+    # This thread's CPU time, not wall time: on the shared 2-core machine a batch is often
+    # descheduled midway, which inflates a wall-clock batch (by 2-5x under load, seen here)
+    # and would make the medians follow other processes rather than the code.
+    return timeit.Timer(call, timer=time.thread_time)
+
+
 def calibrate(call: Callable[[], object], batch_s: float) -> int:
-    """Calls per batch so that a batch lasts about `batch_s` (timeit's autorange, scaled)."""
-    timer = timeit.Timer(call)
+    """Calls per batch so that a batch costs about `batch_s` of CPU (timeit's autorange)."""
+    timer = _timer(call)
     number = 1
     while True:
         elapsed = timer.timeit(number)
@@ -385,7 +377,7 @@ def measure(figure: Figure, ms: MicroSettings) -> dict[str, Any]:
     started = time.perf_counter()
     ops = [figure.memsdk, *figure.baselines]
     numbers = {op.name: calibrate(op.call, ms.batch_s) for op in ops}
-    timers = {op.name: timeit.Timer(op.call) for op in ops}
+    timers = {op.name: _timer(op.call) for op in ops}
     for r in range(ms.warmup):
         for op in _rotated(ops, r):
             timers[op.name].timeit(numbers[op.name])

@@ -23,6 +23,7 @@ timed around `await append_turns(...)` on the event loop. Nothing else runs mean
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import json
 import statistics
@@ -84,22 +85,6 @@ class PeerSettings:
 # LangChain's append costs ~0.2-0.5 s of CPU near the limit (boto3 (de)serialises the whole
 # history twice): growing one of its sessions to the limit takes ~30 s of CPU. The CI smoke
 # therefore stops at 100 turns; quick and full modes go past the limit.
-SMOKE = PeerSettings(
-    mode="smoke",
-    sessions=2,
-    max_turns=100,
-    checkpoints=(20, 100),
-    bin_appends=8,
-    warmup=5,
-)
-QUICK = PeerSettings(
-    mode="quick",
-    sessions=1,
-    max_turns=300,
-    checkpoints=(20, 100, 200, 300),
-    bin_appends=10,
-    warmup=10,
-)
 FULL = PeerSettings(
     mode="full",
     sessions=3,
@@ -107,6 +92,12 @@ FULL = PeerSettings(
     checkpoints=(20, 100, 200, 300, 400, 500, 600),
     bin_appends=10,
     warmup=20,
+)
+QUICK = dataclasses.replace(
+    FULL, mode="quick", sessions=1, max_turns=300, checkpoints=(20, 100, 200, 300), warmup=10
+)
+SMOKE = dataclasses.replace(
+    FULL, mode="smoke", sessions=2, max_turns=100, checkpoints=(20, 100), bin_appends=8, warmup=5
 )
 
 
@@ -378,28 +369,6 @@ def _pairs(a: Grid, b: Grid, rounds: range) -> tuple[list[Sample], list[Sample]]
     return [a[k] for k in keys], [b[k] for k in keys]
 
 
-def _cell(samples: Sequence[Sample]) -> dict[str, Any]:
-    ms = [s.ns / 1e6 for s in samples]
-    units = [sum(s.units.values()) for s in samples]
-    return {
-        "appends": len(samples),
-        "latency_ms": summary(ms),
-        "cpu_ms": summary([s.cpu_ns / 1e6 for s in samples]),
-        "sent_bytes": statistics.median(s.sent for s in samples),
-        "received_bytes": statistics.median(s.received for s in samples),
-        "capacity_units": statistics.median(units),
-        "operations": sorted(samples[0].units),
-    }
-
-
-def _ratio_row(
-    name: str, num: Sequence[Sample], den: Sequence[Sample], key: Callable[[Sample], float]
-) -> dict[str, Any]:
-    a, b = [key(s) for s in num], [key(s) for s in den]
-    value = statistics.median(a) / statistics.median(b)
-    return _row(name, value, ratio_interval(a, b, reps=1_000), None)
-
-
 def _latency(s: Sample) -> float:
     return s.ns / 1e6
 
@@ -414,6 +383,26 @@ def _wire_bytes(s: Sample) -> float:
 
 def _units(s: Sample) -> float:
     return sum(s.units.values())
+
+
+def _cell(samples: Sequence[Sample]) -> dict[str, Any]:
+    return {
+        "appends": len(samples),
+        "latency_ms": summary([_latency(s) for s in samples]),
+        "cpu_ms": summary([_cpu(s) for s in samples]),
+        "sent_bytes": statistics.median(s.sent for s in samples),
+        "received_bytes": statistics.median(s.received for s in samples),
+        "capacity_units": statistics.median(_units(s) for s in samples),
+        "operations": sorted(samples[0].units),
+    }
+
+
+def _ratio_row(
+    name: str, num: Sequence[Sample], den: Sequence[Sample], key: Callable[[Sample], float]
+) -> dict[str, Any]:
+    a, b = [key(s) for s in num], [key(s) for s in den]
+    value = statistics.median(a) / statistics.median(b)
+    return _row(name, value, ratio_interval(a, b, reps=1_000), None)
 
 
 def describe_growth(growth: Growth, ps: PeerSettings) -> dict[str, Any]:
