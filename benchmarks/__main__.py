@@ -315,13 +315,14 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines.append("")
     for bench in report["benchmarks"]:
         lines += [f"- {bench['name']}: {note}" for note in bench["notes"]]
-    lines += [
-        "",
-        "Wall and CPU per message (append of a user + assistant pair, then load of the newest "
-        "20 turns), candidates interleaved round by round; CPU is this process only (not the "
-        "DynamoDB Local JVM), per message, over batches of rounds. DynamoDB Local on a shared "
-        "machine: ratios of client overhead plus an emulator, not AWS latencies.",
-    ]
+    if messages:
+        lines += [
+            "",
+            "Wall and CPU per message (append of a user + assistant pair, then load of the "
+            "newest 20 turns), candidates interleaved round by round; CPU is this process only "
+            "(not the DynamoDB Local JVM), per message, over batches of rounds. DynamoDB Local "
+            "on a shared machine: ratios of client overhead plus an emulator, not AWS latencies.",
+        ]
     if per_call or latency:
         lines += [
             "",
