@@ -407,7 +407,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="CI: --quick --suite smoke --check benchmarks/expected.json (about a minute)",
+        help="CI: --quick --suite smoke --check benchmarks/expected.json (1-2 minutes)",
     )
     parser.add_argument(
         "--check",
