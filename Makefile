@@ -3,14 +3,20 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The benchmarks' peer packages (LangChain) come on top, only where a benchmark runs.
+BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: install demo test chaos lint typecheck bench clean dynamodb-local tools
+.PHONY: install demo test chaos lint typecheck bench bench-smoke clean dynamodb-local tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,redis,otel]'
 	touch $(STAMP)
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev,redis,otel,bench]'
+	touch $(BENCH_STAMP)
 
 install: $(STAMP)
 
@@ -36,13 +42,20 @@ typecheck: $(STAMP)
 
 test: $(STAMP) dynamodb-local lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider
+	$(MAKE) bench-smoke
 
 # The full-length chaos runs (e.g. issue 6's 30 s outage); `make test` runs short versions.
 chaos: $(STAMP) dynamodb-local
 	$(BIN)/pytest -q -p no:cacheprovider -m long -s
 
-bench: $(STAMP) dynamodb-local
-	$(BIN)/python -m benchmarks
+bench: $(BENCH_STAMP) dynamodb-local
+	$(BIN)/python -m benchmarks --markdown benchmarks/results/latest.md
+
+# CI's benchmark smoke (~1-2 min): fails on a ratio regression against benchmarks/expected.json,
+# never on absolute times. The tables go to benchmarks/results/smoke.md, the check to stderr.
+bench-smoke: $(BENCH_STAMP) dynamodb-local
+	$(BIN)/python -m benchmarks --smoke --json benchmarks/results/smoke.json \
+		--markdown benchmarks/results/smoke.md > /dev/null
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache

@@ -1,9 +1,11 @@
-"""`python -m benchmarks [--quick] [--suite S] [--json PATH] [--markdown PATH]`, from the repo root.
+"""`python -m benchmarks [--quick | --smoke] [--suite S] [--json PATH] [--markdown PATH]`.
 
-Starts its own DynamoDB Local (tests.harness), runs every benchmark of benchmarks.core and
-benchmarks.data_path (which starts its own instant server, benchmarks.instant_server),
-prints Markdown tables on stdout (progress goes to stderr) and writes the full results,
-raw samples included, as JSON (default benchmarks/results/latest.json).
+Run from the repo root. Starts its own DynamoDB Local (tests.harness), runs the suites asked
+for (benchmarks.micro, core, data_path, which starts its own instant server, cache, wal,
+resilience, peer), prints Markdown tables on stdout (progress goes to stderr) and writes the
+full results, raw samples included, as JSON (default benchmarks/results/latest.json).
+`--check` then judges the report's ratios against benchmarks/expected.json (benchmarks.check)
+and exits 1 on a regression; `--smoke` is CI's run: quick mode, the smoke subset, checked.
 """
 
 from __future__ import annotations
@@ -18,12 +20,34 @@ import platform
 import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = REPO_ROOT / "benchmarks" / "results" / "latest.json"
+EXPECTED = REPO_ROOT / "benchmarks" / "expected.json"
+SUITES = (
+    "all", "smoke", "micro", "core", "data-path", "cache", "wal", "resilience", "telemetry", "peer"
+)
+_PEER = "peer: append as the session grows (DynamoDB Local)"
+# The figures quoted first (benchmark, start of the ratio's name), when the run has them.
+HEADLINES = (
+    (_PEER, "append latency LangChain / memsdk, last"),
+    (_PEER, "capacity units LangChain / memsdk"),
+    (_PEER, "append latency memsdk at 600 turns"),
+    (_PEER, "append latency memsdk at 300 turns"),
+    ("sdk overhead", "wall memsdk lean / raw"),
+    ("SDK CPU per seed message (instant server)", "CPU memsdk lean / raw"),
+    ("session length (DynamoDB Local)", "wall 1,000 / 10 turns"),
+    ("cache: warm validated read", "wall raw / memsdk (l1+redis)"),
+    ("wal append c=64", "append latency buffered / sync"),
+    ("micro: codec: Query reply (20 TURN items -> TurnRecords)", "memsdk / "),
+    ("micro: L1: put (window of 20 turns after an append)", "memsdk / "),
+    ("micro: turn ids: 2 ids for an append", "memsdk / uuid"),
+)
 
 
 def _progress(message: str) -> None:
@@ -55,7 +79,18 @@ def _environment(jar_dir: Path | None) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "git_commit": _git("rev-parse", "--short", "HEAD"),
         "memsdk_dirty": bool(status) if status is not None else None,
-        "packages": {p: _version(p) for p in ("memsdk", "aioboto3", "aiobotocore", "botocore")},
+        "packages": {
+            p: _version(p)
+            for p in (
+                "memsdk",
+                "aioboto3",
+                "aiobotocore",
+                "botocore",
+                "msgspec",
+                "langchain-community",
+                "langchain-core",
+            )
+        },
         "dynamodb_local": jar_dir.name if jar_dir is not None else None,
     }
 
@@ -132,6 +167,93 @@ def _resilience_table(benchmarks: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """A Markdown table, every column but the first two right-aligned, and a blank line."""
+    align = ["---", "---", *["---:"] * (len(header) - 2)]
+    return [
+        f"| {' | '.join(header)} |",
+        f"| {' | '.join(align)} |",
+        *(f"| {' | '.join(row)} |" for row in rows),
+        "",
+    ]
+
+
+def _micro_table(benchmarks: list[dict[str, Any]]) -> list[str]:
+    """In-process operations, CPU ns per call (kind "micro")."""
+    header = ["benchmark", "candidate", "calls per batch", "batches", "CPU ns/call median", "p90"]
+    return _table(
+        header,
+        (
+            [
+                bench["name"],
+                name,
+                f"{c['ops_per_batch']:,}",
+                str(c["batches"]),
+                f"{c['ns_per_op']['median']:,.0f}",
+                f"{c['ns_per_op']['p90']:,.0f}",
+            ]
+            for bench in benchmarks
+            for name, c in bench["candidates"].items()
+        ),
+    )
+
+
+def _peer_rows(bench: dict[str, Any]) -> Iterator[list[str]]:
+    limit = bench["limit"]
+    for point in bench["checkpoints"]:
+        low, high = point["range"]
+        for name, c in point["candidates"].items():
+            yield [
+                f"{low}-{high}",
+                name,
+                str(c["appends"]),
+                _fmt(c["latency_ms"]["median"]),
+                _fmt(c["latency_ms"]["p90"]),
+                _fmt(c["cpu_ms"]["median"]),
+                _fmt(c["sent_bytes"] / 1024, 1),
+                _fmt(c["received_bytes"] / 1024, 1),
+                _fmt(c["capacity_units"], 1),
+            ]
+        if limit is not None and limit["stored_turns"] <= low:
+            refused = f"refused: the item passed 400 KB at {limit['stored_turns']} turns"
+            yield [f"{low}-{high}", "LangChain DynamoDBChatMessageHistory", refused, *[""] * 6]
+
+
+def _peer_table(benchmarks: list[dict[str, Any]]) -> list[str]:
+    """Append cost by session length, candidates side by side (kind "peer")."""
+    header = [
+        "session length (turns before the append)",
+        "candidate",
+        "appends",
+        "median ms",
+        "p90 ms",
+        "client CPU ms",
+        "request KB",
+        "reply KB",
+        "capacity units",
+    ]
+    return _table(header, (row for bench in benchmarks for row in _peer_rows(bench)))
+
+
+def _headline(report: dict[str, Any]) -> list[str]:
+    """The figures of HEADLINES this run measured, and LangChain's limit."""
+    rows = {b["name"]: b["ratios"] for b in report["benchmarks"]}
+    lines = ["| headline figure | value | 95% CI |", "| --- | ---: | ---: |"]
+    for bench in report["benchmarks"]:
+        limit = bench.get("limit") if bench.get("kind") == "peer" else None
+        if limit is not None:
+            lines.append(
+                f"| {bench['name']}: LangChain's append refused (400 KB item limit) at "
+                f"| {limit['stored_turns']} turns | - |"
+            )
+    for name, prefix in HEADLINES:
+        row = next((r for r in rows.get(name, []) if r["name"].startswith(prefix)), None)
+        if row is not None:
+            low, high = row["ci95"]
+            lines.append(f"| {name}: {row['name']} | {row['value']:.3f} | {low:.3f}-{high:.3f} |")
+    return [*lines, ""] if len(lines) > 2 else []
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The measurements (one table per kind of benchmark), then every ratio."""
     env = report["environment"]
@@ -139,6 +261,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     per_call = [b for b in report["benchmarks"] if b.get("kind") == "per call"]
     latency = [b for b in report["benchmarks"] if b.get("kind") == "latency"]
     resilience = [b for b in report["benchmarks"] if b.get("kind") == "resilience"]
+    micro = [b for b in report["benchmarks"] if b.get("kind") == "micro"]
+    peer = [b for b in report["benchmarks"] if b.get("kind") == "peer"]
     lines = [
         f"### memsdk benchmarks ({report['mode']} mode, {report['finished_at']})",
         "",
@@ -147,6 +271,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         + (" + uncommitted memsdk changes" if env["memsdk_dirty"] else "")
         + f"; {report['elapsed_s']:.0f} s in all.",
         "",
+        *_headline(report),
     ]
     if messages:
         lines += [
@@ -171,6 +296,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += _latency_table(latency)
     if resilience:
         lines += _resilience_table(resilience)
+    if micro:
+        lines += _micro_table(micro)
+    if peer:
+        lines += _peer_table(peer)
     lines += [
         "| benchmark | ratio (of medians unless named) | value | 95% CI | goal | verdict |",
         "| --- | --- | ---: | ---: | ---: | --- |",
@@ -188,13 +317,14 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines.append("")
     for bench in report["benchmarks"]:
         lines += [f"- {bench['name']}: {note}" for note in bench["notes"]]
-    lines += [
-        "",
-        "Wall and CPU per message (append of a user + assistant pair, then load of the newest "
-        "20 turns), candidates interleaved round by round; CPU is this process only (not the "
-        "DynamoDB Local JVM), per message, over batches of rounds. DynamoDB Local on a shared "
-        "machine: ratios of client overhead plus an emulator, not AWS latencies.",
-    ]
+    if messages:
+        lines += [
+            "",
+            "Wall and CPU per message (append of a user + assistant pair, then load of the "
+            "newest 20 turns), candidates interleaved round by round; CPU is this process only "
+            "(not the DynamoDB Local JVM), per message, over batches of rounds. DynamoDB Local "
+            "on a shared machine: ratios of client overhead plus an emulator, not AWS latencies.",
+        ]
     if per_call or latency:
         lines += [
             "",
@@ -208,30 +338,84 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 async def _run(suite: str, endpoint: str, settings: Any) -> list[dict[str, Any]]:
-    from benchmarks import cache, core, data_path, resilience, telemetry, wal
+    """The benchmarks of `suite`, in order; a suite that raises is recorded and skipped."""
+    from benchmarks import cache, core, data_path, micro, peer, resilience, telemetry, wal
 
+    smoke = suite == "smoke"
+    plan: list[tuple[str, Callable[[], Awaitable[list[dict[str, Any]]]]]] = [
+        ("micro", lambda: micro.run_micro(settings, _progress)),
+        ("core", lambda: core.run_all(endpoint, settings, _progress)),
+        ("data-path", lambda: data_path.run_all(endpoint, settings, _progress)),
+        ("cache", lambda: cache.run_cache(endpoint, settings, _progress)),
+        ("wal", lambda: wal.run_wal(endpoint, settings, _progress)),
+        ("resilience", lambda: resilience.run_resilience(endpoint, settings, _progress)),
+        ("telemetry", lambda: telemetry.run_telemetry(endpoint, settings, _progress)),
+        ("peer", lambda: peer.run_peer(endpoint, settings, _progress, smoke=smoke)),
+    ]
+    if smoke:
+        plan = [
+            plan[0],
+            ("data-path", lambda: data_path.run_smoke(settings, _progress)),
+            ("core", lambda: core.run_smoke(endpoint, settings, _progress)),
+            plan[-1],
+        ]
     results: list[dict[str, Any]] = []
-    if suite in ("all", "core"):
-        results += await core.run_all(endpoint, settings, _progress)
-    if suite in ("all", "data-path"):
-        results += await data_path.run_all(endpoint, settings, _progress)
-    if suite in ("all", "cache"):
-        results += await cache.run_cache(endpoint, settings, _progress)
-    if suite in ("all", "wal"):
-        results += await wal.run_wal(endpoint, settings, _progress)
-    if suite in ("all", "resilience"):
-        results += await resilience.run_resilience(endpoint, settings, _progress)
-    if suite in ("all", "telemetry"):
-        results += await telemetry.run_telemetry(endpoint, settings, _progress)
+    for name, run in plan:
+        if suite not in ("all", "smoke", name):
+            continue
+        try:
+            results += await run()
+        except Exception as exc:
+            # One broken suite must not throw away the others' results (a full run is long).
+            _progress(f"suite {name} FAILED:\n{traceback.format_exc()}")
+            results.append(
+                {
+                    "name": f"suite {name}",
+                    "kind": "failed",
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "ratios": [],
+                    "notes": [f"FAILED: {type(exc).__name__}: {exc}"],
+                }
+            )
     return results
+
+
+def _check(report: dict[str, Any], expected_path: Path) -> int:
+    """Print the ratio check on stderr; 1 when a figure regressed or is missing."""
+    from benchmarks.check import check, load_expected
+
+    outcomes = check(report, load_expected(expected_path))
+    failed = [o for o in outcomes if o.status in ("regression", "missing")]
+    for o in outcomes:
+        if o.status != "skipped":
+            print(f"[check] {o.status}: {o.benchmark} / {o.ratio}: {o.message}", file=sys.stderr)
+    if failed:
+        print(
+            f"[check] FAILED: {len(failed)} ratio(s) regressed or missing, bounds in "
+            f"{expected_path} (ratios only: absolute times are never checked)",
+            file=sys.stderr,
+        )
+    skipped = sum(o.status == "skipped" for o in outcomes)
+    passed = len(outcomes) - len(failed) - skipped
+    # The plain closing line CI logs are read for: "N passed, N failed".
+    print(f"ratios: {passed} passed, {len(failed)} failed, {skipped} skipped", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description="memsdk benchmarks (ratios, medians)"
     )
+    parser.add_argument("--quick", action="store_true", help="few samples (every suite)")
     parser.add_argument(
-        "--quick", action="store_true", help="smoke mode for CI: few samples, well under 60 s"
+        "--smoke",
+        action="store_true",
+        help="CI: --quick --suite smoke --check benchmarks/expected.json (1-2 minutes)",
+    )
+    parser.add_argument(
+        "--check",
+        type=Path,
+        help="judge the ratios against this file of expected ratios (exit 1 on a regression)",
     )
     parser.add_argument(
         "--json", type=Path, default=DEFAULT_JSON, help=f"results file (default {DEFAULT_JSON})"
@@ -241,13 +425,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, help="override warm-up rounds per benchmark")
     parser.add_argument(
         "--suite",
-        choices=("all", "core", "data-path", "cache", "wal", "resilience", "telemetry"),
+        choices=SUITES,
         default="all",
-        help="core: the message benchmarks; data-path: the per-call ones; cache: L1 and "
-        "Redis; wal: buffered (wal_dir) against synchronous appends; resilience: a naive "
-        "client against memsdk under a store outage (default: all)",
+        help="micro: codec, WAL record, L1 and turn ids in process; core: the message "
+        "benchmarks; data-path: the per-call ones; cache: L1 and Redis; wal: buffered "
+        "(wal_dir) against synchronous appends; resilience: a naive client against memsdk "
+        "under a store outage; peer: memsdk against LangChain's DynamoDBChatMessageHistory; "
+        "smoke: micro, CPU per call, sdk overhead and peer (default: all)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.quick, args.suite = True, "smoke"
+        args.check = args.check or EXPECTED
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks import core, data_path
 
     settings = core.QUICK if args.quick else core.FULL
+    if args.suite == "smoke":
+        settings = core.SMOKE
     overrides = {
         k: v for k, v in (("samples", args.samples), ("warmup", args.warmup)) if v is not None
     }
@@ -297,7 +489,11 @@ def main(argv: list[str] | None = None) -> int:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(markdown, encoding="utf-8")
         _progress(f"wrote {args.markdown}")
-    return 0
+    failed = [b["name"] for b in benchmarks if b.get("kind") == "failed"]
+    if failed:
+        _progress(f"FAILED: {', '.join(failed)} (the report holds the rest)")
+    checked = 0 if args.check is None else _check(report, args.check)
+    return 1 if failed or checked else 0
 
 
 if __name__ == "__main__":

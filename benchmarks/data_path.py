@@ -83,7 +83,7 @@ from memsdk.store.dynamodb_items import (
 from memsdk.store.dynamodb_lean import LeanDataPath
 from tests.harness.dynamodb_local import REGION, create_test_table
 
-__all__ = ["FULL", "QUICK", "DataPathSettings", "run_all", "settings_for"]
+__all__ = ["FULL", "QUICK", "DataPathSettings", "run_all", "run_smoke", "settings_for"]
 
 T = TypeVar("T")
 
@@ -251,7 +251,6 @@ class Requests:
                 customer_id=CUSTOMER_ID,
                 now_ms=now_ms,
                 ttl_seconds=self._config.ttl_seconds,
-                ids=self._ids,
             )
         else:  # append_turns of the pair on a new session: META + 2 TURN, one transaction
             write = rules.plan_append(
@@ -421,10 +420,11 @@ async def measure_calls(
     warmup: int,
     progress: Progress,
     label: str,
+    operations: Sequence[Operation] = OPERATIONS,
 ) -> dict[str, dict[str, _PerCall]]:
     """Per operation: warm-up, then `rounds` rounds of one batch per candidate, rotating."""
     results: dict[str, dict[str, _PerCall]] = {}
-    for op in OPERATIONS:
+    for op in operations:
         progress(f"{label}: {op.label}: {warmup} warm-up calls + {rounds} x {batch} measured")
         sends = {c.name: c.bind(op) for c in candidates}
         for r in range(max(warmup, 1)):
@@ -455,7 +455,9 @@ def describe_calls(
     operations: dict[str, Any] = {}
     ratios: list[dict[str, Any]] = []
     for op in OPERATIONS:
-        per = results[op.name]
+        per = results.get(op.name)
+        if per is None:  # not measured in this run (the smoke measures a subset)
+            continue
         operations[op.label] = {
             name: {
                 "cpu_ms_per_call": summary(s.cpu_ms),
@@ -487,6 +489,7 @@ async def bench_cpu_per_call(
     settings: Settings,
     dp: DataPathSettings,
     progress: Progress,
+    operations: Sequence[Operation] = OPERATIONS,
 ) -> dict[str, Any]:
     """CPU per call of each data path against the instant server, raw aioboto3 as baseline."""
     started = time.perf_counter()
@@ -501,6 +504,7 @@ async def bench_cpu_per_call(
             warmup=dp.cpu_warmup,
             progress=progress,
             label="CPU per call",
+            operations=operations,
         )
     out = describe_calls(results, settings, cpu_goal=0.4, wall_ratio=False)
     return {
@@ -895,6 +899,14 @@ def _instant(progress: Progress) -> Iterator[instant_server.InstantServer]:
         progress(f"{server.describe()} ({server.endpoint})")
         with instant_server.pinned(server.client_cpu):
             yield server
+
+
+async def run_smoke(settings: Settings, progress: Progress) -> list[dict[str, Any]]:
+    """The CI smoke's share: CPU per call of the hot path's calls against the instant server."""
+    hot = [op for op in OPERATIONS if op.name in ("GetItem", "TransactWriteItems", "Query")]
+    with _instant(progress) as server:
+        dp = settings_for(settings)
+        return [await bench_cpu_per_call(server, settings, dp, progress, operations=hot)]
 
 
 async def run_all(endpoint: str, settings: Settings, progress: Progress) -> list[dict[str, Any]]:
