@@ -501,7 +501,8 @@ async def run_wal(endpoint: str, settings: Settings, progress: Progress) -> list
     fs = _fs_type(wal_root)
     for result in results:
         result["notes"].append(
-            f"wal_dir under {root} ({fs}); DynamoDB Local on loopback on the same 2 cores: "
+            f"wal_dir under the repository's .cache/ ({fs}); DynamoDB Local on loopback on "
+            "the same 2 cores: "
             "the synchronous side's latency is an emulator's, not AWS's (add ~1-3 ms per "
             "round trip in region), so the ratios understate what the WAL saves on AWS"
         )
