@@ -15,6 +15,8 @@ import pytest
 from memsdk import Config, MemoryClient
 from memsdk.testing import FakeClock
 from tests.harness.dynamodb_local import DynamoDBLocal, aws_test_env, create_test_table
+from tests.harness.redis_server import RedisServer
+from tests.otel import InMemoryOtel
 
 # The contract suite checks behaviour, not speed: generous deadlines keep a cold JVM and a
 # noisy shared machine from turning into false failures. For the same reason a slow call
@@ -107,3 +109,21 @@ async def make_client(
 async def mem(make_client: ClientFactory) -> MemoryClient:
     """An open client on the test's store with the fake clock."""
     return await make_client()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A fresh redis-server on a free loopback port, for one test."""
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def otel() -> Iterator[InMemoryOtel]:
+    """An in-memory OpenTelemetry SDK (spans and metrics) to hand to MemoryClient."""
+    kit = InMemoryOtel()
+    yield kit
+    kit.shutdown()

@@ -13,7 +13,7 @@ import logging
 import random
 import statistics
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,6 @@ import pytest
 from memsdk import Config, Health, MemoryClient, Turn
 from memsdk.errors import MemsdkError, StoreUnavailableError
 from memsdk.faultproxy import FaultCounts, FaultProxy
-from tests.conftest import new_dynamodb_table
-from tests.harness.dynamodb_local import DynamoDBLocal
 
 pytestmark = pytest.mark.dynamodb
 
@@ -35,18 +33,6 @@ FAST_BREAKER = {
     "breaker_open_seconds": 1.0,
     "breaker_max_open_seconds": 2.0,
 }
-
-
-@pytest.fixture
-async def proxy(dynamodb_local: DynamoDBLocal) -> AsyncIterator[FaultProxy]:
-    async with FaultProxy(upstream=dynamodb_local.endpoint, seed=84) as fault_proxy:
-        yield fault_proxy
-
-
-@pytest.fixture
-def proxied_url(dynamodb_local: DynamoDBLocal, proxy: FaultProxy) -> str:
-    url = new_dynamodb_table(dynamodb_local)
-    return url.replace(f"endpoint={dynamodb_local.endpoint}", f"endpoint={proxy.endpoint}")
 
 
 def pair(session: str, n: int) -> list[Turn]:

@@ -19,8 +19,6 @@ import pytest
 from memsdk import Config, MemoryClient, Turn
 from memsdk.errors import MemsdkError, StoreUnavailableError
 from memsdk.faultproxy import FaultCounts, FaultMode, FaultProxy
-from tests.conftest import new_dynamodb_table
-from tests.harness.dynamodb_local import DynamoDBLocal
 
 pytestmark = pytest.mark.dynamodb
 
@@ -34,20 +32,6 @@ TURNS = [Turn(role="user", content="Show me horror manga"), Turn(role="assistant
 SEED = 84
 
 ClientFactory = Callable[..., Awaitable[MemoryClient]]
-
-
-@pytest.fixture
-async def proxy(dynamodb_local: DynamoDBLocal) -> AsyncIterator[FaultProxy]:
-    """A started proxy in front of the session's DynamoDB Local, seeded."""
-    async with FaultProxy(upstream=dynamodb_local.endpoint, seed=SEED) as fault_proxy:
-        yield fault_proxy
-
-
-@pytest.fixture
-def proxied_url(dynamodb_local: DynamoDBLocal, proxy: FaultProxy) -> str:
-    """A fresh table (created directly, not counted), reached through the proxy."""
-    url = new_dynamodb_table(dynamodb_local)
-    return url.replace(f"endpoint={dynamodb_local.endpoint}", f"endpoint={proxy.endpoint}")
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -177,15 +176,6 @@ def test_a_missing_table_fails_at_once(
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
     assert "StoreError" in err and "memsdk create-table" in err
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_redis_kill_costs_misses_not_errors_and_spares_the_server(

@@ -6,15 +6,12 @@ outage and a Redis outage, with the database semantic-convention attributes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit
 
 import pytest
 
 from memsdk import Config, MemoryClient, Turn
 from memsdk.faultproxy import FaultProxy
-from tests.conftest import new_dynamodb_table
-from tests.harness.dynamodb_local import DynamoDBLocal
 from tests.harness.redis_server import RedisServer
 from tests.otel import InMemoryOtel, children, everything_exported
 
@@ -22,34 +19,6 @@ pytestmark = pytest.mark.dynamodb
 
 SECRET = "tiger-0c1d-content-nobody-may-see"
 RELAXED = {"read_timeout": 5.0, "write_timeout": 5.0, "breaker_slow_call": 15.0}
-
-
-@pytest.fixture
-def otel() -> Iterator[InMemoryOtel]:
-    kit = InMemoryOtel()
-    yield kit
-    kit.shutdown()
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-async def proxy(dynamodb_local: DynamoDBLocal) -> AsyncIterator[FaultProxy]:
-    async with FaultProxy(upstream=dynamodb_local.endpoint, seed=84) as fault_proxy:
-        yield fault_proxy
-
-
-@pytest.fixture
-def proxied_url(dynamodb_local: DynamoDBLocal, proxy: FaultProxy) -> str:
-    url = new_dynamodb_table(dynamodb_local)
-    return url.replace(f"endpoint={dynamodb_local.endpoint}", f"endpoint={proxy.endpoint}")
 
 
 def pair(n: int) -> list[Turn]:

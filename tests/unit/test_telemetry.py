@@ -7,7 +7,7 @@ tests/integration/test_telemetry_services.py.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,6 @@ from tests.otel import InMemoryOtel, children, everything_exported
 SECRET_TEXT = "zebra-7f3c-the-users-own-words"
 SECRET_CUSTOMER = "cust-9d2e-private"
 SECRET_PAGE = "asin-B0SECRET42"
-
-
-@pytest.fixture
-def otel() -> Iterator[InMemoryOtel]:
-    kit = InMemoryOtel()
-    yield kit
-    kit.shutdown()
 
 
 @pytest.fixture
