@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: install demo test chaos lint typecheck bench clean dynamodb-local tools
+.PHONY: install demo test chaos lint typecheck docs bench clean dynamodb-local tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +14,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The docs extra, on top of what the install stamp installs (one resolution for all of it).
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev,redis,otel,docs]'
+	touch $(DOCS_STAMP)
 
 tools:
 	scripts/ensure-tools.sh
@@ -34,7 +40,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict memsdk
 
-test: $(STAMP) dynamodb-local lint typecheck
+# The documentation site into site/ (git-ignored). --strict: a broken link or anchor, or a
+# docstring mkdocstrings cannot render, fails the build. NO_MKDOCS_2_WARNING silences
+# Material's banner about MkDocs 2.0 (printed, not a build warning).
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+test: $(STAMP) dynamodb-local lint typecheck docs
 	$(BIN)/pytest -q -p no:cacheprovider
 
 # The full-length chaos runs (e.g. issue 6's 30 s outage); `make test` runs short versions.
@@ -45,4 +57,4 @@ bench: $(STAMP) dynamodb-local
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache site
