@@ -5,8 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The benchmarks' peer packages (LangChain) come on top, only where a benchmark runs.
 BENCH_STAMP := $(VENV)/.installed-bench
+# The documentation tools (MkDocs, mkdocstrings), only where the site is built.
+DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: install demo test chaos lint typecheck bench bench-smoke clean dynamodb-local tools
+.PHONY: install demo test chaos lint typecheck docs bench bench-smoke clean dynamodb-local tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +21,11 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	touch $(BENCH_STAMP)
 
 install: $(STAMP)
+
+# The docs extra, on top of what the install stamp installs (one resolution for all of it).
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev,redis,otel,docs]'
+	touch $(DOCS_STAMP)
 
 tools:
 	scripts/ensure-tools.sh
@@ -40,7 +47,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict memsdk
 
-test: $(STAMP) dynamodb-local lint typecheck
+# The documentation site into site/ (git-ignored). --strict: a broken link or anchor, or a
+# docstring mkdocstrings cannot render, fails the build. NO_MKDOCS_2_WARNING silences
+# Material's banner about MkDocs 2.0 (printed, not a build warning).
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+test: $(STAMP) dynamodb-local lint typecheck docs
 	$(BIN)/pytest -q -p no:cacheprovider
 	$(MAKE) bench-smoke
 
@@ -58,4 +71,4 @@ bench-smoke: $(BENCH_STAMP) dynamodb-local
 		--markdown benchmarks/results/smoke.md > /dev/null
 
 clean:
-	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache site
