@@ -643,7 +643,12 @@ class MemoryClient:
     async def append_turns(
         self, session_id: str, turns: Sequence[Turn], *, customer_id: str | None = None
     ) -> AppendReceipt:
-        """Append turns atomically, in order; returns once the store acknowledged them."""
+        """Append turns atomically, in order; returns once they are durable.
+
+        Without a `wal_dir`: once the store acknowledged them (`durable=True`). With one:
+        once their record is fsync'd in the local write-ahead log (`durable=False`); the
+        flusher writes them to the store in the background.
+        """
         with self._telemetry.operation("memsdk.append_turns") as op:
             receipt = await self._append_turns(op, session_id, turns, customer_id)
             op.set_metric_attribute("memsdk.durable", receipt.durable)
@@ -1020,6 +1025,9 @@ class MemoryClient:
         await flusher.stop()
         await wal.close()
 
+    def _pending_records(self) -> int:
+        return self._flusher.stats().pending_records if self._flusher is not None else 0
+
     def _pending_summary(self) -> str:
         assert self._flusher is not None
         pending = list(self._flusher.pending())
@@ -1113,7 +1121,23 @@ class MemoryClient:
         remaining = [t for e in batch for t in e.turns()]
         attributes = {"memsdk.wal.records": len(batch), "memsdk.turns": len(remaining)}
         with self._telemetry.background("memsdk.wal.flush", attributes):
-            await self._flush_turns(session_id, batch, remaining)
+            try:
+                await self._flush_turns(session_id, batch, remaining)
+            except MemsdkError as exc:
+                if not _final_for_wal(exc):
+                    # Never silent: a store that keeps refusing (down, or a missing table or
+                    # permission) must show in the logs, not only in the backlog gauges.
+                    self._rate_limited.log(
+                        logging.WARNING,
+                        "wal_flush_failing",
+                        "WAL flush: %d buffered appends could not be written yet (%s: %s); "
+                        "they stay in the log and are retried with backoff",
+                        len(batch),
+                        type(exc).__name__,
+                        exc.args[0] if exc.args else "",
+                        extra={"wal_pending_records": self._pending_records()},
+                    )
+                raise
 
     async def _flush_turns(
         self, session_id: str, batch: list[BufferedAppend], remaining: list[TurnRecord]

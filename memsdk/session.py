@@ -7,9 +7,9 @@ store as one conditional, atomic commit (see memsdk.store.base.SessionWrite).
 Incarnations: a session id reused after expiry must start empty, but DynamoDB removes
 expired items lazily. A new incarnation therefore gets a `floor_turn_id` above every id of
 the old one (see `incarnation_floor`); only turns and summaries above the floor are
-visible. Turns carry a long physical TTL (`turn_retention_seconds` after their write) and
-are never rewritten to slide it: their visibility follows META, whose `expires_at` is the
-one sliding TTL of the session.
+visible. Turns carry a long physical TTL (`ttl_seconds + turn_retention_seconds` after their
+write) and are never rewritten to slide it: their visibility follows META, whose
+`expires_at` is the one sliding TTL of the session.
 """
 
 from __future__ import annotations

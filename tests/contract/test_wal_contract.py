@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import stat
 from pathlib import Path
 from typing import Any
@@ -262,8 +263,9 @@ class Misdeployed(FaultyStore):
 
 
 async def test_a_deployment_error_keeps_records_pending_and_a_permanent_one_sets_them_aside(
-    open_client: Any, store_settings: dict[str, Any], wal_dir: str
+    open_client: Any, store_settings: dict[str, Any], wal_dir: str, caplog: Any
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="memsdk")
     store = faulty(store_settings, Misdeployed)
     mem = await open_client(store=store, wal_dir=wal_dir)
     await mem.append_turns("s1", pair(0), customer_id="C1")
@@ -272,6 +274,9 @@ async def test_a_deployment_error_keeps_records_pending_and_a_permanent_one_sets
     assert store.refusals >= 1
     health = mem.health()
     assert health.wal_pending_records == 1 and health.wal_rejected_records == 0
+    # Never silent: the refusal is in the log (once per 10 s, however often it is retried).
+    failing = [r for r in caplog.records if "could not be written yet" in r.getMessage()]
+    assert len(failing) == 1 and "does not exist" in failing[0].getMessage()
     store.fixed = True  # an operator created the table
     await mem.flush(timeout=30)
     assert await stored(open_client, "s1") == (["q0", "a0"], 2)
