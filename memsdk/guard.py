@@ -10,8 +10,9 @@ outcome and duration to the breaker:
 - StoreUnavailableError (connection, timeout, 5xx after the data path's retries): failure;
   but a throttle is about one hot key or the table's capacity, not the store's health:
   neutral, so one hot session cannot open a table-wide breaker;
-- the caller's deadline cancelling a call that was already slow: failure (slow); cancelled
-  early: neutral;
+- the caller's deadline cancelling a call that was already slow: a timeout (a slow call,
+  not a failure: the first calls of a cold process may all wait on new connections at
+  once); cancelled early: neutral;
 - StoreError other than unavailability (validation, auth, a missing table): neutral; a
   breaker cannot fix a deployment error and must not hide it behind "unavailable";
 - anything returned: success, slow if it took longer than the policy's slow_call_s.
@@ -131,7 +132,7 @@ class GuardedStore:
         except asyncio.CancelledError:
             elapsed = self._monotonic() - started  # -inf while still waiting for a slot
             if elapsed >= self._slow_call_s:
-                breaker.record_failure(elapsed)
+                breaker.record_timeout(elapsed)
             else:
                 breaker.record_neutral()
             raise

@@ -23,6 +23,8 @@ must first outweigh the successes still in the window, which takes about
 failure. A run of `consecutive_failures` failures with no success between them is an
 outage whatever the traffic (at 10 % random failures, 20 in a row happen with odds of
 1e-20), so it opens at once. The run is not timed: any success, or a close, ends it.
+A call its caller gave up on (record_timeout) is slow, not failed, and leaves the run as
+it is: timeouts are judged by the slow-call rate, over enough calls.
 
 Usage, one result per acquired call::
 
@@ -224,6 +226,19 @@ class CircuitBreaker:
         elif self._take_probe():
             self._reopen()
 
+    def record_timeout(self, duration_s: float) -> None:
+        """Record that an acquired call was given up by its caller after `duration_s`.
+
+        Closed: a slow call (it counts toward the slow-call rate), not a failure, and it
+        neither extends nor ends a run of failures: a cold start, where the first calls of
+        a fresh process all wait on new connections at once, must not look like an outage.
+        Half-open: the probe failed.
+        """
+        if self._state == "closed":
+            self._record(False, duration_s > self._slow_call_s, judges_run=False)
+        elif self._take_probe():
+            self._reopen()
+
     def record_neutral(self) -> None:
         """Record that an acquired call ended with no verdict on health; frees a probe slot."""
         if self._state != "closed":
@@ -249,7 +264,7 @@ class CircuitBreaker:
         if self._state != "closed":
             self._transition("closed", self._clock())
 
-    def _record(self, failed: bool, slow: bool) -> None:
+    def _record(self, failed: bool, slow: bool, *, judges_run: bool = True) -> None:
         """Count one closed-state outcome in the current bucket, then open if over a rate."""
         now = self._clock()
         bucket = int(now * self._per_bucket_s)
@@ -262,7 +277,7 @@ class CircuitBreaker:
             self._b_failures[slot] += 1
             self._failures += 1
             self._streak += 1
-        else:
+        elif judges_run:
             self._streak = 0
         if slow:
             self._b_slow[slot] += 1

@@ -36,6 +36,7 @@ class Outcome:
     at: float
     failed: bool
     slow: bool
+    timeout: bool = False  # given up by the caller: slow, and no verdict on the run
 
 
 class BreakerMachine(RuleBasedStateMachine):
@@ -142,11 +143,15 @@ class BreakerMachine(RuleBasedStateMachine):
         duration = 1.0 if slow else 0.01
         self.outstanding -= 1
         if state_before == "closed" and kind != "neutral":
-            self.closed_outcomes.append(Outcome(self.clock.now, kind == "failure", slow))
+            self.closed_outcomes.append(
+                Outcome(self.clock.now, kind == "failure", slow, timeout=kind == "timeout")
+            )
         if kind == "success":
             self.breaker.record_success(duration)
         elif kind == "failure":
             self.breaker.record_failure(duration)
+        elif kind == "timeout":
+            self.breaker.record_timeout(duration)
         else:
             self.breaker.record_neutral()
         if state_before == "half_open" and self.probes and self.state == "half_open":
@@ -160,6 +165,8 @@ class BreakerMachine(RuleBasedStateMachine):
         """Failures in a row at the end of the closed-state outcomes (neutral ones skipped)."""
         count = 0
         for outcome in reversed(self.closed_outcomes):
+            if outcome.timeout:
+                continue
             if not outcome.failed:
                 break
             count += 1
@@ -198,6 +205,11 @@ class BreakerMachine(RuleBasedStateMachine):
     @rule(slow=st.booleans())
     def failure(self, slow: bool) -> None:
         self.record("failure", slow)
+
+    @precondition(lambda self: self.outstanding > 0)
+    @rule(slow=st.booleans())
+    def timeout(self, slow: bool) -> None:
+        self.record("timeout", slow)
 
     @precondition(lambda self: self.outstanding > 0)
     @rule()

@@ -341,6 +341,33 @@ def test_a_success_or_a_close_ends_the_run_and_neutral_does_not() -> None:
     assert breaker.state == "closed"
 
 
+def test_timeouts_are_slow_calls_not_a_run_of_failures() -> None:
+    # A cold start: the first 30 calls all time out together (new connections). That is
+    # not an outage: the run rule ignores timeouts, the slow-call rate needs min_calls.
+    breaker, _, _ = make_breaker(dataclasses.replace(POLICY, consecutive_failures=20))
+    for _ in range(30):
+        assert breaker.try_acquire()
+        breaker.record_timeout(0.3)
+    assert breaker.state == "closed"
+    assert breaker.stats().slow_in_window == 30 and breaker.stats().failures_in_window == 0
+    # Timeouts neither end nor extend a run of real failures.
+    feed(breaker, failed=19)
+    assert breaker.try_acquire()
+    breaker.record_timeout(0.3)
+    assert breaker.state == "closed"
+    feed(breaker, failed=1)
+    assert breaker.state == "open"
+
+
+def test_a_probe_that_times_out_reopens() -> None:
+    breaker, clock, _ = make_breaker()
+    trip(breaker)
+    clock.advance(POLICY.open_s)
+    assert breaker.try_acquire()
+    breaker.record_timeout(1.0)
+    assert breaker.state == "open"
+
+
 def test_the_run_is_not_timed() -> None:
     # Twenty failures in a row are an outage even at one call a minute.
     breaker, clock, _ = make_breaker(dataclasses.replace(POLICY, consecutive_failures=20))
