@@ -79,6 +79,9 @@ _MAX_META_HINTS = 10_000
 _TOOL_SLACK = 8
 # Best-effort cache work (read-through fills, repairs) never queues without bound.
 _MAX_BACKGROUND_TASKS = 1_000
+# The key the recovery probe reads: a valid session id that no session is expected to use;
+# reading an absent item costs half a read unit and touches nothing.
+_PROBE_SESSION = "memsdk:recovery-probe"
 # What each degradation reason means, for the log line.
 _DEGRADED_WHY = {
     "breaker_open": "the store's circuit breaker is open",
@@ -260,6 +263,7 @@ class MemoryClient:
         self._flusher: Flusher[BufferedAppend] | None = None
         self._wal_dropped_turns = 0
         self._degraded_replies = 0
+        self._recovery_probe: asyncio.Task[None] | None = None
         # Degradation warnings at most once per 10 s per kind: an outage costs a few lines.
         self._rate_limited = RateLimitedLog(logger)
         self._state = "new"
@@ -298,6 +302,9 @@ class MemoryClient:
         if self._state == "open":
             self._state = "closed"
             self._telemetry.forget()
+            if self._recovery_probe is not None:
+                self._recovery_probe.cancel()
+                await asyncio.gather(self._recovery_probe, return_exceptions=True)
             await self._close_wal()
             if self._background:
                 # Cache repairs are best effort: give them a moment, then let them go.
@@ -451,6 +458,11 @@ class MemoryClient:
 
     def _breaker_changed(self, name: str, old: BreakerState, new: BreakerState) -> None:
         self._telemetry.breaker_changed(name, old, new)
+        if name == "store":
+            if new == "open":
+                self._start_recovery_probe()
+            elif self._flusher is not None:
+                self._flusher.resume_now()  # the store answers again: drain now
         log = logger.warning if new != "closed" else logger.info
         log(
             "%s circuit breaker: %s -> %s",
@@ -459,6 +471,33 @@ class MemoryClient:
             new,
             extra={"breaker": name, "breaker_from": old, "breaker_to": new},
         )
+
+    def _start_recovery_probe(self) -> None:
+        interval = self._config.breaker_probe_interval
+        running = self._recovery_probe is not None and not self._recovery_probe.done()
+        if interval > 0 and self._state == "open" and not running:
+            self._recovery_probe = asyncio.ensure_future(self._probe_while_open(interval))
+
+    async def _probe_while_open(self, interval: float) -> None:
+        """While the store's breaker is open, ask the store directly, once per interval.
+
+        The first answer ends the open period; the half-open probes of real traffic then
+        decide whether to close, as always. Without this, recovery waits out the open
+        period, which doubles on every failed probe up to breaker_max_open_seconds: every
+        second of that after the store is back is a second of degraded replies. One small
+        read per interval per process is all it costs while the store is down.
+        """
+        store = self._store.inner  # past the guard: the breaker would refuse it
+        while self._store_breaker.state == "open":
+            await asyncio.sleep(interval * random.uniform(0.8, 1.2))
+            if self._store_breaker.state != "open":
+                return
+            try:
+                async with asyncio.timeout(self._config.read_timeout):
+                    await store.get_meta(_PROBE_SESSION, consistent=False)
+            except (TimeoutError, StoreError):
+                continue
+            self._store_breaker.end_open_period()
 
     def _serve_cached(
         self, cached: CachedWindow, meta: MetaRecord, last_n: int, source: str

@@ -182,6 +182,10 @@ class Config:
     breaker_max_open_seconds: float = 15.0
     breaker_half_open_probes: int = 3
     breaker_consecutive_failures: int = 20
+    # While the store's breaker is open, memsdk asks the store directly (one GetItem of a
+    # key no session uses) about this often; the first answer ends the open period early,
+    # so recovery costs about this interval, not up to breaker_max_open_seconds. 0: off.
+    breaker_probe_interval: float = 1.0
     # Retries may add at most this share of recent store calls (plus a small reserve), so an
     # outage never multiplies the load on the store.
     retry_budget_ratio: float = 0.1
@@ -229,6 +233,8 @@ class Config:
         )
         _check_int("breaker_half_open_probes", self.breaker_half_open_probes, 1, 1_000)
         _check_int("breaker_consecutive_failures", self.breaker_consecutive_failures, 1, 1_000_000)
+        if self.breaker_probe_interval != 0:
+            _check_float("breaker_probe_interval", self.breaker_probe_interval, 0.05, 600.0)
         _check_fraction("retry_budget_ratio", self.retry_budget_ratio)
         _check_float("retry_budget_min_per_second", self.retry_budget_min_per_second, 0.0, 1e6)
         _check_int("max_inflight_store_calls", self.max_inflight_store_calls, 1, 100_000)

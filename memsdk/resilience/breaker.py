@@ -239,6 +239,16 @@ class CircuitBreaker:
         elif self._take_probe():
             self._reopen()
 
+    def end_open_period(self) -> None:
+        """An out-of-band check found the dependency answering: stop waiting, go half-open.
+
+        Only the open period is cut short; the half-open probes still decide whether to
+        close, exactly as when the period runs out.
+        """
+        if self.state == "open":
+            self._open_until = self._clock()
+            self._transition("half_open", self._open_until)
+
     def record_neutral(self) -> None:
         """Record that an acquired call ended with no verdict on health; frees a probe slot."""
         if self._state != "closed":

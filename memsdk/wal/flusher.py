@@ -40,6 +40,9 @@ __all__ = ["FlushTimeoutError", "Flusher", "FlusherStats", "PendingEntry"]
 
 logger = logging.getLogger(__name__)
 
+# The longest a waiting worker sleeps before looking at the shared backoff again.
+_BACKOFF_SLICE_S = 0.25
+
 
 class PendingEntry(Protocol):
     """What the flusher needs of a record: its log position, its key and its size."""
@@ -212,12 +215,15 @@ class Flusher(Generic[E]):
                     self._schedule(key)
 
     async def _drain_one_batch(self, key: str) -> None:
-        await self._wait_out_backoff()
-        async with self._window_changed:
-            await self._window_changed.wait_for(lambda: self._in_flight < self._window)
-            self._in_flight += 1
+        while True:
+            await self._wait_out_backoff()
+            async with self._window_changed:
+                await self._window_changed.wait_for(lambda: self._in_flight < self._window)
+                if self._resume_at > self._now():
+                    continue  # a batch failed while we queued: its backoff and window first
+                self._in_flight += 1
+                break
         try:
-            await self._wait_out_backoff()  # a batch that failed while we queued set one
             await self._attempt(key)
         finally:
             async with self._window_changed:
@@ -267,9 +273,14 @@ class Flusher(Generic[E]):
             self._applied_records += len(batch)
         await self._done(key, batch)
 
+    def resume_now(self) -> None:
+        """End the shared backoff: the store is answering again (its breaker let go)."""
+        self._resume_at = 0.0
+
     async def _wait_out_backoff(self) -> None:
+        # In slices, so that resume_now() takes effect within a slice, not a whole backoff.
         while (delay := self._resume_at - self._now()) > 0:
-            await self._sleep(delay)
+            await self._sleep(min(delay, _BACKOFF_SLICE_S))
 
     async def _done(self, key: str, batch: list[E]) -> None:
         queue = self._by_key[key]

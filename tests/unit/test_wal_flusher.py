@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -227,17 +228,21 @@ class Refused(Transient):
 async def test_a_refusal_waits_exactly_its_retry_after_without_growing_the_backoff() -> None:
     # A fake monotonic clock that moves only when the flusher sleeps.
     now = [0.0]
-    sleeps: list[float] = []
+    attempts: list[float] = []
 
     async def sleep(delay: float) -> None:
-        sleeps.append(delay)
         now[0] += delay
         await asyncio.sleep(0)
 
     rec = Recorder()
     rec.failures = [Refused(2.0), Refused(0.0), Refused(0.0)]
+
+    async def apply(key: str, batch: list[Entry]) -> None:
+        attempts.append(now[0])
+        await rec.apply(key, batch)
+
     flusher = Flusher(
-        apply=rec.apply,
+        apply=apply,
         confirm=rec.confirmed.extend,
         is_retryable=lambda exc: isinstance(exc, Transient),
         on_reject=rec.reject,
@@ -256,24 +261,56 @@ async def test_a_refusal_waits_exactly_its_retry_after_without_growing_the_backo
     finally:
         await flusher.stop()
     assert rec.batches == [("a", [1])]
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
     # The first refusal: 2 s (the breaker's rest) plus at most one base of jitter. The next
     # two (the breaker busy with other probes): a base each, never the growing backoff.
-    assert 2.0 <= sleeps[0] <= 2.0 + 0.05
-    assert all(0.05 <= s <= 0.1 for s in sleeps[1:]) and len(sleeps) == 3
-    assert 2.1 <= now[0] <= 2.3
+    assert len(attempts) == 4
+    assert 2.0 <= gaps[0] <= 2.0 + 0.05 + 1e-9
+    assert all(0.05 <= g <= 0.1 + 1e-9 for g in gaps[1:]), gaps
+
+
+async def test_resume_now_ends_the_backoff_within_a_slice() -> None:
+    rec = Recorder()
+    rec.failures = [Refused(30.0)]  # a long open period
+    flusher = Flusher(
+        apply=rec.apply,
+        confirm=rec.confirmed.extend,
+        is_retryable=lambda exc: isinstance(exc, Transient),
+        on_reject=rec.reject,
+        batch_fits=lambda batch, entry: True,
+        concurrency=2,
+        retry_after=lambda exc: exc.after_s if isinstance(exc, Refused) else None,
+    )
+    flusher.start()
+    try:
+        flusher.add(Entry(1, "a"))
+        await asyncio.sleep(0.05)  # refused: now waiting out 30 s
+        assert rec.batches == []
+        flusher.resume_now()  # the breaker let go early (an out-of-band probe succeeded)
+        await flusher.wait_through(1, timeout=2)
+    finally:
+        await flusher.stop()
+    assert rec.batches == [("a", [1])]
 
 
 async def test_after_a_failure_the_drain_ramps_up_one_batch_at_a_time() -> None:
     # Each apply notes how many batches were in flight when it started (itself included)
-    # and whether it started after the failure; the first apply to finish fails.
+    # and whether it started once the batches sent before the failure were all done (a
+    # batch that was already past the window when the failure came still goes); the first
+    # apply to finish fails.
     in_flight = 0
+    before_failure: set[int] = set()  # applies started before the failure, still running
     starts: list[tuple[bool, int]] = []
     failed = False
 
     async def apply(key: str, batch: list[Entry]) -> None:
         nonlocal in_flight, failed
         in_flight += 1
-        starts.append((failed, in_flight))
+        me = batch[0].lsn
+        recovering = failed and not before_failure
+        if not failed:
+            before_failure.add(me)
+        starts.append((recovering, in_flight))
         try:
             await asyncio.sleep(0.005)
             if not failed:
@@ -281,6 +318,7 @@ async def test_after_a_failure_the_drain_ramps_up_one_batch_at_a_time() -> None:
                 raise Transient
         finally:
             in_flight -= 1
+            before_failure.discard(me)
 
     rec = Recorder()
     flusher = Flusher(
