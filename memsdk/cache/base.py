@@ -24,6 +24,9 @@ class MetaCacheStats(msgspec.Struct, frozen=True, kw_only=True):
     writes: int = 0
     stale_writes_refused: int = 0
     bypassed: int = 0  # calls not sent because the cache's circuit breaker was open
+    # Misses on a META that another primary stored (before a failover or a restart, or
+    # before a reshard moved it): never trusted, it may be older than an acknowledged write.
+    previous_epoch: int = 0
 
 
 class CallGate(Protocol):

@@ -1,0 +1,276 @@
+"""Redis behind Sentinel (FAULTS.md row 7): failover, a lost acknowledged SET, a fenced primary.
+
+Every test starts its own group on free loopback ports (tests/harness/redis_server.py): a
+primary, a replica and three Sentinels, `down-after-milliseconds 1000`, `failover-timeout
+5000`. The store is SQLite (one file shared by the clients of a test, as two processes
+would share a table); each MemoryClient has its own L1, as separate processes would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import memsdk.cache.redis as redis_cache
+from memsdk import MemoryClient, Turn
+from memsdk.cache.redis import RedisMetaCache
+from memsdk.config import Config
+from memsdk.store.base import MetaRecord
+from tests.harness.redis_server import (
+    RedisSentinel,
+    RedisSentinelGroup,
+    RedisServer,
+    free_port,
+    make_tls_files,
+)
+
+NOW = 1_900_000_000
+
+
+def key(session_id: str) -> str:
+    """The key RedisMetaCache uses."""
+    return f"memsdk:{{{session_id}}}:meta"
+
+
+def stored_version(node: RedisServer, session_id: str) -> int | None:
+    """The META version a data node holds for the session (the value's digit prefix)."""
+    raw = node.command("GET", key(session_id))
+    return None if raw is None else int(raw[:20])
+
+
+def replid(node: RedisServer) -> bytes:
+    """The node's master_replid: the epoch memsdk stamps on what it stores."""
+    return str(node.command("INFO", "replication")["master_replid"]).encode()
+
+
+def user(text: str) -> Turn:
+    return Turn(role="user", content=text)
+
+
+@pytest.fixture
+def group() -> Iterator[RedisSentinelGroup]:
+    """A fresh Sentinel group for one test (failovers change it for good)."""
+    grp = RedisSentinelGroup().start()
+    try:
+        yield grp
+    finally:
+        grp.stop()
+
+
+@contextlib.asynccontextmanager
+async def clients(
+    tmp_path: Path, url: str, count: int, **overrides: Any
+) -> AsyncIterator[list[MemoryClient]]:
+    """`count` MemoryClients on one SQLite file and one Redis URL, each with its own L1."""
+    settings: dict[str, Any] = {
+        "store": f"sqlite:///{tmp_path / 'memory.db'}",
+        "redis_url": url,
+        # Generous: these tests judge staleness and Redis behaviour, not the store's speed.
+        "read_timeout": 5.0,
+        "write_timeout": 5.0,
+        **overrides,
+    }
+    opened: list[MemoryClient] = []
+    try:
+        for _ in range(count):
+            mem = MemoryClient(Config(**settings))
+            await mem.__aenter__()
+            opened.append(mem)
+        yield opened
+    finally:
+        for mem in opened:
+            await mem.aclose()
+
+
+# --- plain operation ---------------------------------------------------------------------
+
+
+async def test_memory_client_through_sentinel_end_to_end(
+    group: RedisSentinelGroup, tmp_path: Path
+) -> None:
+    async with clients(tmp_path, group.url, 2) as (a, b):
+        await a.append_turns("s", [user("q1"), Turn(role="assistant", content="a1")])
+        first = await b.load_context("s")
+        assert [t.content for t in first.turns] == ["q1", "a1"]
+        warm = await b.load_context("s")
+        assert warm.source == "l1+redis" and warm.turns == first.turns
+        await a.append_turn("s", user("q2"))
+        ctx = await b.load_context("s")
+        assert [t.content for t in ctx.turns] == ["q1", "a1", "q2"] and ctx.source == "redis"
+        health = b.health()
+        assert health.redis == "redis-sentinel" and health.redis_breaker == "closed"
+        assert health.redis_hits >= 2 and health.redis_errors == 0
+    primary = group.primary
+    raw = primary.command("GET", key("s"))
+    assert raw[20:60] == replid(primary)  # stamped with the primary's epoch
+    assert group.replica.command("GET", key("s")) is not None  # replicated
+
+
+async def test_database_number_and_password_reach_the_primary() -> None:
+    grp = RedisSentinelGroup().start(requirepass="pw-of-the-primary")
+    try:
+        url = grp.url.replace("redis+sentinel://", "redis+sentinel://:pw-of-the-primary@")
+        cache = RedisMetaCache(f"{url}?db=3", timeout=0.5, connect_timeout=0.5)
+        await cache.open()
+        try:
+            assert cache.description == "redis-sentinel"
+            record = meta_record("s", 1)
+            assert await cache.put(record, now_s=NOW)
+            assert await cache.get("s") == record
+            assert cache.stats().errors == 0
+        finally:
+            await cache.aclose()
+        with grp.primary.client(db=3) as client:
+            assert client.exists(key("s")) == 1
+    finally:
+        grp.stop()
+
+
+async def test_rediss_sentinel_speaks_tls_to_sentinels_and_primary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_tls_files(tmp_path)
+    tls = {
+        "tls_cert_file": tmp_path / "server.pem",
+        "tls_key_file": tmp_path / "server.key",
+        "tls_ca_cert_file": tmp_path / "ca.pem",
+        "tls_auth_clients": "no",
+    }
+    primary_tls, sentinel_tls = free_port(), free_port()
+    primary, sentinel = RedisServer(), RedisSentinel()
+    try:
+        primary.start(tls_port=primary_tls, **tls)
+        # The Sentinel watches the primary over TLS, and tells clients that TLS port.
+        sentinel.start(
+            tls_port=sentinel_tls,
+            tls_replication="yes",
+            sentinel=[f"monitor tls-svc 127.0.0.1 {primary_tls} 1"],
+            **tls,
+        )
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))  # the private CA
+        url = f"rediss+sentinel://127.0.0.1:{sentinel_tls}/tls-svc"
+        cache = RedisMetaCache(url, timeout=1.0, connect_timeout=1.0)
+        await cache.open()
+        try:
+            assert await cache.put(meta_record("s", 1), now_s=NOW)
+            assert await cache.get("s") == meta_record("s", 1)
+            assert cache.stats().errors == 0
+        finally:
+            await cache.aclose()
+        assert primary.command("EXISTS", key("s")) == 1
+        # Plain redis+sentinel:// against the TLS ports fails like a broken server: a miss.
+        plain = RedisMetaCache(url.replace("rediss+", "redis+"), timeout=0.5, connect_timeout=0.5)
+        await plain.open()
+        try:
+            assert await plain.get("s") is None and plain.stats().errors == 1
+        finally:
+            await plain.aclose()
+    finally:
+        sentinel.stop()
+        primary.stop()
+
+
+def meta_record(session_id: str, version: int) -> MetaRecord:
+    """A live META record at version `version`."""
+    return MetaRecord(
+        session_id=session_id,
+        customer_id=None,
+        created_at_ms=NOW * 1000,
+        updated_at_ms=NOW * 1000,
+        turn_count=version,
+        last_turn_id=f"{NOW * 1000:013d}{version:04d}",
+        floor_turn_id="0",
+        page_context={},
+        attributes={},
+        expires_at=NOW + 3600,
+        version=version,
+        summary=None,
+    )
+
+
+# --- roles change under the client --------------------------------------------------------
+
+
+async def test_a_demoted_primary_is_never_read_and_the_client_reconnects(
+    group: RedisSentinelGroup,
+) -> None:
+    """READONLY: a pooled connection that now reaches a replica is dropped, never trusted."""
+    cache = RedisMetaCache(group.url, timeout=0.5, connect_timeout=0.5)
+    await cache.open()
+    try:
+        primary, replica = group.primary, group.replica
+        assert await cache.put(meta_record("s", 1), now_s=NOW)
+        assert await cache.get("s") == meta_record("s", 1)  # a pooled connection to primary
+        group.wait_replicated()
+        # The primary turns into a replica behind the Sentinels' back (as an old primary
+        # that comes back does): its data is intact, but a replica lags its primary.
+        replica.command("REPLICAOF", "NO", "ONE")
+        primary.command("REPLICAOF", "127.0.0.1", str(replica.port))
+        assert await cache.get("s") is None  # READONLY: a miss, not the replica's copy
+        assert await cache.put(meta_record("s", 2), now_s=NOW) is False  # READONLY too
+        assert cache.stats().errors == 2 and cache.stats().hits == 1
+        # Each READONLY closed its connection, so every call asks the Sentinels again: put
+        # the roles back where the Sentinels think they are, and the same client works.
+        primary.command("REPLICAOF", "NO", "ONE")
+        replica.command("REPLICAOF", "127.0.0.1", str(primary.port))
+        assert await cache.put(meta_record("s", 3), now_s=NOW)
+        assert await cache.get("s") == meta_record("s", 3)
+        assert cache.stats().errors == 2
+    finally:
+        await cache.aclose()
+
+
+async def until_redis_answers(mem: MemoryClient, within_s: float = 15.0) -> None:
+    """Read an absent session until a Redis call succeeds (stale pooled connections used up)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        errors = mem.health().redis_errors
+        await mem.load_context("probe")
+        health = mem.health()
+        if health.redis_errors == errors and health.redis_breaker == "closed":
+            return
+        assert time.monotonic() < deadline, health
+        await asyncio.sleep(0.05)
+
+
+async def test_a_lost_acknowledged_set_is_never_served_after_failover(
+    group: RedisSentinelGroup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replica misses the newest META, the primary dies, the replica is promoted."""
+    async with clients(tmp_path, group.url, 3) as (writer, reader, unguarded):
+        await writer.append_turn("s", user("t1"))
+        group.wait_replicated()
+        for mem in (reader, unguarded):  # their L1 windows: [t1], stamped with META v1
+            assert [t.content for t in (await mem.load_context("s")).turns] == ["t1"]
+        group.block_replication()
+        await writer.append_turn("s", user("t2"))  # acknowledged, and so was its SET
+        acked, replicated = stored_version(group.primary, "s"), stored_version(group.replica, "s")
+        assert acked is not None and replicated is not None and replicated < acked
+        old = group.kill_primary().port
+        new = await asyncio.to_thread(group.wait_for_new_primary, old)
+        assert stored_version(new, "s") == replicated  # the acknowledged SET is lost
+        for mem in (reader, unguarded):
+            await until_redis_answers(mem)
+
+        # The test can see a stale read: a cache that trusts any stored META (the previous
+        # memsdk) validates the old L1 window against it and leaves t2 out.
+        trust_all = redis_cache._Script("return redis.call('GET', KEYS[1])")
+        with monkeypatch.context() as patch:
+            patch.setattr(redis_cache, "_GET", trust_all)
+            stale = await unguarded.load_context("s")
+        assert [t.content for t in stale.turns] == ["t1"] and stale.source == "l1+redis"
+
+        # memsdk: the META was stored in the dead primary's epoch, so it is not trusted.
+        ctx = await reader.load_context("s")
+        assert [t.content for t in ctx.turns] == ["t1", "t2"] and ctx.source == "store"
+        # The read re-stamped the store's META in the new epoch: warm again from now on.
+        await asyncio.sleep(0.2)  # the read-through fill runs in the background
+        assert stored_version(new, "s") == acked
+        again = await reader.load_context("s")
+        assert again.source == "l1+redis" and again.turns == ctx.turns
