@@ -69,17 +69,19 @@ class MetaCache(Protocol):
         """The cached META (live or a tombstone), or None on a miss or any cache trouble."""
         ...
 
-    async def put(self, meta: MetaRecord, *, now_s: int) -> bool:
+    async def put(self, meta: MetaRecord, *, now_s: int, essential: bool = False) -> bool:
         """Cache `meta` unless a META with a version >= meta.version is cached; True if stored.
 
         False also when the cache could not be reached: the caller then calls invalidate.
         The key's TTL follows META: `meta.expires_at - now_s` for a live session, a short
         fixed time for an expired one (so a tombstone still blocks stale fills).
+        `essential`: a write-through that a write is acknowledged on; sent even while the
+        cache's circuit breaker is open (a best-effort fill is skipped then).
         """
         ...
 
-    async def invalidate(self, session_id: str) -> bool:
-        """Drop the cached META; True when the cache confirmed it."""
+    async def invalidate(self, session_id: str, *, essential: bool = False) -> bool:
+        """Drop the cached META; True when the cache confirmed it (`essential`: see put)."""
         ...
 
     def stats(self) -> MetaCacheStats:

@@ -402,8 +402,11 @@ class RedisMetaCache:
         self._hits += 1
         return meta
 
-    async def put(self, meta: MetaRecord, *, now_s: int) -> bool:
-        """Cache `meta` unless a version >= meta.version is cached; True if stored."""
+    async def put(self, meta: MetaRecord, *, now_s: int, essential: bool = False) -> bool:
+        """Cache `meta` unless a version >= meta.version is cached; True if stored.
+
+        `essential` (a write-through): sent even while the breaker is open, see _send.
+        """
         key = self._key(meta.session_id)
         client = self._client
         if key is None or client is None:
@@ -418,7 +421,9 @@ class RedisMetaCache:
             value = _encode(meta)
         except Exception as exc:  # never raise, even for a META we cannot serialise
             return self._fail("unencodable_meta", exc)
-        stored = await self._send(client, lambda: _PUT(client, key, value, ttl))
+        stored = await self._send(
+            client, lambda: _PUT(client, key, value, ttl), essential=essential
+        )
         if stored is _BYPASSED:
             return False
         if isinstance(stored, _Failed):
@@ -429,13 +434,13 @@ class RedisMetaCache:
         self._refused += 1
         return False
 
-    async def invalidate(self, session_id: str) -> bool:
+    async def invalidate(self, session_id: str, *, essential: bool = False) -> bool:
         """Drop the cached META; True when Redis confirmed the delete."""
         key = self._key(session_id)
         client = self._client
         if key is None or client is None:
             return self._fail("closed" if key is not None else "bad_session_id", None)
-        deleted = await self._send(client, lambda: client.delete(key))
+        deleted = await self._send(client, lambda: client.delete(key), essential=essential)
         if deleted is _BYPASSED:
             return False
         if isinstance(deleted, _Failed):
@@ -455,29 +460,42 @@ class RedisMetaCache:
         )
 
     async def _send(
-        self, client: Redis | RedisCluster, command: Callable[[], Awaitable[Any]]
+        self,
+        client: Redis | RedisCluster,
+        command: Callable[[], Awaitable[Any]],
+        *,
+        essential: bool = False,
     ) -> Any:
         """One command within the call budget and the breaker: its reply, _BYPASSED (the
-        breaker is open: not sent) or _Failed (any trouble; never raised)."""
+        breaker is open: not sent) or _Failed (any trouble; never raised).
+
+        An essential command (a write-through, its repair) is sent even while the breaker
+        is open, without a verdict for it. Breakers are per process: a writer's may be open
+        while a reader's is closed, and a skipped write-through leaves Redis with an older
+        META that the reader trusts. A Redis that refuses connections makes the attempt
+        cost next to nothing; one that hangs costs the append one call budget.
+        """
         gate = self._gate
-        if gate is not None and not gate.try_acquire():
+        admitted = gate is None or gate.try_acquire()
+        if not admitted and not essential:
             self._bypassed += 1
             return _BYPASSED
+        judged = gate if admitted else None
         started = time.monotonic()
         try:
             async with asyncio.timeout(self._budget):
                 reply = await command()
         except asyncio.CancelledError:
-            if gate is not None:
-                gate.record_neutral()  # the caller gave up: no verdict on Redis
+            if judged is not None:
+                judged.record_neutral()  # the caller gave up: no verdict on Redis
             raise
         except Exception as exc:
-            if gate is not None:
-                gate.record_failure(time.monotonic() - started)
+            if judged is not None:
+                judged.record_failure(time.monotonic() - started)
             await self._reap_orphans(client)
             return _Failed(exc)
-        if gate is not None:
-            gate.record_success(time.monotonic() - started)
+        if judged is not None:
+            judged.record_success(time.monotonic() - started)
         await self._reap_orphans(client)
         return reply
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import statistics
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -274,3 +275,145 @@ async def test_a_lost_acknowledged_set_is_never_served_after_failover(
         assert stored_version(new, "s") == acked
         again = await reader.load_context("s")
         assert again.source == "l1+redis" and again.turns == ctx.turns
+
+
+# --- kill -9 the primary under load -------------------------------------------------------
+
+
+class FailoverRun:
+    """Two clients write and read the same sessions across a failover; what they saw."""
+
+    def __init__(self, sessions: int = 4) -> None:
+        self.sessions = [f"f{i}" for i in range(sessions)]
+        # Per session: (monotonic time the append returned, turn id), in ack order.
+        self.acked: dict[str, list[tuple[float, str]]] = {sid: [] for sid in self.sessions}
+        self.violations: list[str] = []
+        self.latencies: list[float] = []
+        self.append_latencies: list[float] = []
+        self.reads = self.appends = 0
+        self.killed_at: float | None = None
+        self.recovered: dict[int, float] = {}  # client -> seconds from the kill to a Redis hit
+        self.failovers: list[float] = []  # seconds from each kill until the Sentinels agree
+        self.stop = asyncio.Event()
+
+    async def write(self, mem: MemoryClient, name: int) -> None:
+        """Append to every session in turn until stopped; record each acknowledgement."""
+        n = 0
+        while not self.stop.is_set():
+            for sid in self.sessions:
+                n += 1
+                started = time.monotonic()
+                receipt = await mem.append_turn(sid, user(f"{name}-{n}"))
+                self.append_latencies.append(time.monotonic() - started)
+                # No await between the return and the record: nothing else ran in between.
+                self.acked[sid].append((time.monotonic(), receipt.turn_ids[0]))
+                self.appends += 1
+            await asyncio.sleep(0.005)
+
+    async def read(self, mem: MemoryClient, name: int) -> None:
+        """Read every session in turn until stopped; check each read against the acks."""
+        while not self.stop.is_set():
+            for sid in self.sessions:
+                started = time.monotonic()
+                before = [tid for at, tid in self.acked[sid] if at < started]
+                ctx = await mem.load_context(sid)
+                self.latencies.append(time.monotonic() - started)
+                self.reads += 1
+                self._check(sid, before, [t.turn_id or "" for t in ctx.turns], ctx.source)
+                after_kill = self.killed_at is not None and started > self.killed_at
+                if after_kill and "redis" in ctx.source and name not in self.recovered:
+                    self.recovered[name] = started - (self.killed_at or 0.0)
+            await asyncio.sleep(0.005)
+
+    def _check(self, sid: str, before: list[str], ids: list[str], source: str) -> None:
+        # Guarantee 5: every turn acknowledged before the read began is in it, as far as
+        # the window reaches (last_n newest turns: older ones may have scrolled out).
+        if not before:
+            return
+        if not ids or ids[-1] < max(before):
+            self.violations.append(f"{sid} via {source}: newest acked turn missing")
+            return
+        window = set(ids)
+        missing = [tid for tid in before if tid >= ids[0] and tid not in window]
+        if missing:
+            self.violations.append(f"{sid} via {source}: {len(missing)} acked turns missing")
+
+    def summary(self) -> str:
+        """The figures a report needs."""
+        return (
+            f"appends={self.appends} reads={self.reads} "
+            f"read {_percentiles(self.latencies)} append {_percentiles(self.append_latencies)} "
+            f"failovers={[round(f, 2) for f in self.failovers]} "
+            f"recovered={ {k: round(v, 2) for k, v in self.recovered.items()} }"
+        )
+
+
+def _percentiles(values: list[float]) -> str:
+    ordered = sorted(values) or [0.0]
+    p99 = ordered[int(len(ordered) * 0.99)]
+    return (
+        f"p50={statistics.median(ordered) * 1e3:.1f}ms p99={p99 * 1e3:.1f}ms "
+        f"max={ordered[-1] * 1e3:.1f}ms"
+    )
+
+
+async def run_kill_primary(
+    group: RedisSentinelGroup, tmp_path: Path, *, kills: int, settle_s: float, **settings: Any
+) -> FailoverRun:
+    """kill -9 the primary `kills` times (the victim restarts as the next replica)."""
+    run = FailoverRun()
+    victim: RedisServer | None = None
+    async with clients(tmp_path, group.url, 2, last_n=30, **settings) as pair:
+        tasks = [asyncio.create_task(run.write(mem, i)) for i, mem in enumerate(pair)]
+        tasks += [asyncio.create_task(run.read(mem, i)) for i, mem in enumerate(pair)]
+        try:
+            for kill in range(kills):
+                if victim is not None:
+                    # Back as an empty node; the Sentinels make it a replica of the primary.
+                    await asyncio.to_thread(group.restart, victim)
+                    await asyncio.to_thread(group.wait_replicated)
+                await asyncio.sleep(settle_s)
+                run.recovered.clear()
+                run.killed_at = time.monotonic()
+                victim = group.kill_primary()
+                await asyncio.to_thread(group.wait_for_new_primary, victim.port)
+                run.failovers.append(time.monotonic() - run.killed_at)
+                deadline = time.monotonic() + 30
+                while len(run.recovered) < len(pair):
+                    assert time.monotonic() < deadline, run.summary()
+                    await asyncio.sleep(0.05)
+                print(f"kill -9 primary #{kill + 1}: {run.summary()}")
+            await asyncio.sleep(settle_s)
+        finally:
+            run.stop.set()
+            await asyncio.gather(*tasks)  # an error that reached a caller fails the test here
+        for mem in pair:
+            assert mem.health().redis_breaker == "closed"
+    return run
+
+
+async def test_kill_primary_under_load(group: RedisSentinelGroup, tmp_path: Path) -> None:
+    # A short breaker open period, so that recovery measures Sentinel and the client, not
+    # the breaker (with the default 5 s, both clients are back ~5.2 s after the kill).
+    run = await run_kill_primary(
+        group, tmp_path, kills=1, settle_s=1.0, breaker_open_seconds=0.5,
+        breaker_max_open_seconds=1.0,
+    )  # fmt: skip
+    assert run.violations == []
+    assert run.appends > 100 and run.reads > 100
+    # Both clients use Redis again without a restart, within the failover (down-after +
+    # election + promotion) + the breaker's longest open period + slack for a busy machine.
+    assert max(run.recovered.values()) < run.failovers[-1] + 1.0 + 2.0, run.summary()
+    # A read waits for Redis at most one call budget (connect + timeout = 0.3 s) before it
+    # falls back to the store; the slack absorbs a busy 2-core machine.
+    assert max(run.latencies) < 1.0, run.summary()
+
+
+@pytest.mark.long
+async def test_kill_primary_under_load_three_times(
+    group: RedisSentinelGroup, tmp_path: Path
+) -> None:
+    """The full-length run, with the default breaker: each node is killed in turn."""
+    run = await run_kill_primary(group, tmp_path, kills=3, settle_s=5.0)
+    assert run.violations == []
+    assert max(run.latencies) < 1.0, run.summary()
