@@ -38,7 +38,8 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from memsdk.cache.base import CallGate, MetaCacheStats
@@ -64,14 +65,26 @@ _LOG_EVERY_S: Final = 10.0
 
 # The epoch: the replication id of the primary running the script. A replica takes a new
 # one when it is promoted, so a value stamped with another epoch was written before a
-# failover (or before a restart) and may be older than what memsdk acknowledged since.
+# failover (or a restart, or a reshard moved it) and may be older than what memsdk
+# acknowledged since. A node that is not a primary, or a primary with min-replicas-to-write
+# set and no replica in reach (the old side of a partition, which Redis itself stops
+# taking writes on), is not trusted at all: READONLY, which makes redis-py's Sentinel
+# client drop the connection, so that the next one asks the Sentinels for the primary.
 _EPOCH_LUA: Final = """
-local info = redis.call('INFO', 'replication')
-local epoch = string.match(info, 'master_replid:(%x+)')
-if not epoch or string.len(epoch) ~= 40 then
-  return nil, redis.error_reply('ERR memsdk: no master_replid in INFO replication')
+local function primary_epoch()
+  local info = redis.call('INFO', 'replication')
+  if not string.find(info, 'role:master', 1, true) then
+    return nil, 'READONLY memsdk: not a primary'
+  end
+  if string.match(info, 'min_slaves_good_slaves:(%d+)') == '0' then
+    return nil, 'READONLY memsdk: no replica in reach (min-replicas-to-write)'
+  end
+  local epoch = string.match(info, 'master_replid:(%x+)')
+  if not epoch or string.len(epoch) ~= 40 then
+    return nil, 'ERR memsdk: no master_replid in INFO replication'
+  end
+  return epoch
 end
-return info, epoch
 """
 
 # KEYS[1] = key; ARGV[1] = 20-digit version .. payload; ARGV[2] = TTL in seconds. Stores
@@ -80,12 +93,11 @@ return info, epoch
 # read it from the store), never by an older one. A stored value without a well-formed
 # prefix is foreign or corrupt: overwrite it rather than let it block forever.
 _PUT_LUA: Final = (
-    "local function stamp()"
-    + _EPOCH_LUA
-    + """end
-local info, epoch = stamp()
-if not info then
-  return epoch
+    _EPOCH_LUA
+    + """
+local epoch, err = primary_epoch()
+if not epoch then
+  return redis.error_reply(err)
 end
 local new = string.sub(ARGV[1], 1, 20)
 local cur = redis.call('GET', KEYS[1])
@@ -102,27 +114,17 @@ return 1
 )
 
 # KEYS[1] = key. The value if it was stored in this primary's epoch (or is malformed: the
-# caller drops it); 0 if in another epoch (a miss); nil if absent. A READONLY error (a
-# Sentinel client then drops the connection and asks the Sentinels again) on a replica,
-# and on a primary with min-replicas-to-write set and no replica in reach: the old side of
-# a partition, which Redis itself already stops taking writes on.
+# caller drops it); 0 if in another epoch (a miss); nil if absent (INFO is not needed then).
 _GET_LUA: Final = (
-    "local function stamp()"
-    + _EPOCH_LUA
-    + """end
+    _EPOCH_LUA
+    + """
 local cur = redis.call('GET', KEYS[1])
 if not cur then
   return nil
 end
-local info, epoch = stamp()
-if not info then
-  return epoch
-end
-if not string.find(info, 'role:master', 1, true) then
-  return redis.error_reply('READONLY memsdk: a replica is not trusted for META reads')
-end
-if string.match(info, 'min_slaves_good_slaves:(%d+)') == '0' then
-  return redis.error_reply('READONLY memsdk: no replica in reach (min-replicas-to-write)')
+local epoch, err = primary_epoch()
+if not epoch then
+  return redis.error_reply(err)
 end
 local version = string.sub(cur, 1, 20)
 if string.sub(cur, 21, 60) ~= epoch and string.len(version) == 20
@@ -467,7 +469,9 @@ class RedisMetaCache:
         essential: bool = False,
     ) -> Any:
         """One command within the call budget and the breaker: its reply, _BYPASSED (the
-        breaker is open: not sent) or _Failed (any trouble; never raised).
+        breaker is open: not sent) or _Failed (any trouble; never raised). Behind
+        Sentinel, a node that turned out not to be the primary is left for the one the
+        Sentinels name, once, within the same budget.
 
         An essential command (a write-through, its repair) is sent even while the breaker
         is open, without a verdict for it. Breakers are per process: a writer's may be open
@@ -484,7 +488,14 @@ class RedisMetaCache:
         started = time.monotonic()
         try:
             async with asyncio.timeout(self._budget):
-                reply = await command()
+                try:
+                    reply = await command()
+                except RedisConnectionError as exc:
+                    if not self._moved(exc):
+                        raise
+                    # The node is no longer the primary: followed once, like a cluster's
+                    # MOVED. redis-py closed that connection; the next asks the Sentinels.
+                    reply = await command()
         except asyncio.CancelledError:
             if judged is not None:
                 judged.record_neutral()  # the caller gave up: no verdict on Redis
@@ -498,6 +509,12 @@ class RedisMetaCache:
             judged.record_success(time.monotonic() - started)
         await self._reap_orphans(client)
         return reply
+
+    def _moved(self, exc: RedisConnectionError) -> bool:
+        # redis-py's Sentinel connection turns READONLY (from Redis or from our scripts)
+        # into "ConnectionError: The previous master is now a slave", raised while
+        # handling the ReadOnlyError.
+        return self._sentinel is not None and isinstance(exc.__context__, ReadOnlyError)
 
     def _key(self, session_id: str) -> str | None:
         if isinstance(session_id, str) and _SESSION_ID.fullmatch(session_id):

@@ -421,7 +421,7 @@ class RedisSentinel(RedisServer):
 
 
 class RedisSentinelGroup:
-    """A primary, one replica and three Sentinels (quorum 2) on free loopback ports.
+    """A primary, one replica (or more) and three Sentinels (quorum 2) on loopback ports.
 
     FAULTS.md row 7's topology: `down-after-milliseconds 1000`, `failover-timeout 5000`.
     The data nodes replicate with an ACL user of their own (`repl`) and the Sentinels use
@@ -430,9 +430,10 @@ class RedisSentinelGroup:
     clients. Servers keep nothing on disk; `url` is `redis+sentinel://h:p,h:p,h:p/<service>`.
     """
 
-    # Test-only users of the harness' own servers: replication, and the Sentinels.
+    # Test-only users of the harness' own servers: replication, the Sentinels, the harness.
     REPL_USER, REPL_PASSWORD = "repl", "repl-secret"
     SENTINEL_USER, SENTINEL_PASSWORD = "sentinel", "sentinel-secret"
+    ADMIN_USER, ADMIN_PASSWORD = "admin", "admin-secret"
 
     def __init__(
         self,
@@ -447,6 +448,7 @@ class RedisSentinelGroup:
         self.failover_timeout_ms = failover_timeout_ms
         self.timeout = timeout
         self.servers: list[RedisServer] = []  # data nodes, the first primary at start
+        self.replicas = 1
         self.sentinels: list[RedisSentinel] = []
 
     @property
@@ -455,12 +457,14 @@ class RedisSentinelGroup:
         hosts = ",".join(f"127.0.0.1:{s._require_port()}" for s in self.sentinels)
         return f"redis+sentinel://{hosts}/{self.service}"
 
-    def start(self, **server_config: Any) -> RedisSentinelGroup:
-        """Start primary, replica (synced) and Sentinels (each seeing the others)."""
+    def start(self, *, replicas: int = 1, **server_config: Any) -> RedisSentinelGroup:
+        """Start primary, replicas (synced) and Sentinels (each seeing the others)."""
+        self.replicas = replicas
         try:
             primary = self._data_node(server_config)
-            replica = self._data_node(server_config)
-            replica.command("REPLICAOF", "127.0.0.1", str(primary.port))
+            for _ in range(replicas):
+                replica = self._data_node(server_config)
+                replica.command("REPLICAOF", "127.0.0.1", str(primary.port))
             self.wait_replicated()
             for _ in range(3):
                 sentinel = RedisSentinel()
@@ -500,8 +504,14 @@ class RedisSentinelGroup:
         for user, password in (
             (self.REPL_USER, self.REPL_PASSWORD),
             (self.SENTINEL_USER, self.SENTINEL_PASSWORD),
+            (self.ADMIN_USER, self.ADMIN_PASSWORD),
         ):
             node.command("ACL", "SETUSER", user, "on", f">{password}", "+@all", "~*", "&*")
+
+    def admin(self, node: RedisServer, *args: Any) -> Any:
+        """Run one command as the harness' own user (works during a partition)."""
+        with node.client(username=self.ADMIN_USER, password=self.ADMIN_PASSWORD) as client:
+            return client.execute_command(*args)
 
     def restart(self, node: RedisServer) -> None:
         """Start a killed data node again, empty, with its users; the Sentinels then make
@@ -526,7 +536,7 @@ class RedisSentinelGroup:
             if isinstance(state, list):
                 state = dict(zip(state[::2], state[1::2], strict=True))
             state = {_text(k): _text(v) for k, v in state.items()}
-            if int(state["num-other-sentinels"]) < 2 or int(state["num-slaves"]) < 1:
+            if int(state["num-other-sentinels"]) < 2 or int(state["num-slaves"]) < self.replicas:
                 return False
         return True
 
@@ -547,67 +557,73 @@ class RedisSentinelGroup:
 
     @property
     def replica(self) -> RedisServer:
-        """The other data node."""
+        """A data node that is not the primary (the first one)."""
         port = self.primary_port()
         return next(node for node in self.servers if node.port != port)
 
-    @staticmethod
-    def role(node: RedisServer) -> dict[str, Any]:
-        """INFO replication of `node`, as a dict."""
-        return {str(k): v for k, v in node.command("INFO", "replication").items()}
+    def role(self, node: RedisServer) -> dict[str, Any]:
+        """INFO replication of `node`, as a dict (asked as the harness' user)."""
+        return {str(k): v for k, v in self.admin(node, "INFO", "replication").items()}
 
     def wait_replicated(self, timeout: float | None = None) -> None:
-        """Wait until every running replica has applied all of its primary's stream."""
+        """Wait until the primary has a replica and every replica of it has applied all of
+        its stream (a node cut off by a partition, or still converting, is not waited for)."""
 
         def synced() -> bool:
-            masters = [n for n in self.servers if n.running and self.role(n)["role"] == "master"]
-            replicas = [n for n in self.servers if n.running and self.role(n)["role"] == "slave"]
-            if len(masters) != 1 or not replicas:
-                return False
-            offset = int(self.role(masters[0])["master_repl_offset"])
-            return all(
-                self.role(r)["master_link_status"] == "up"
-                and int(self.role(r)["slave_repl_offset"]) >= offset
+            primary = self.server(self.primary_port()) if self.sentinels else self.servers[0]
+            offset = int(self.role(primary)["master_repl_offset"])
+            states = [self.role(n) for n in self.servers if n.running and n is not primary]
+            replicas = [
+                r for r in states if r["role"] == "slave" and int(r["master_port"]) == primary.port
+            ]
+            return bool(replicas) and all(
+                r["master_link_status"] == "up" and int(r["slave_repl_offset"]) >= offset
                 for r in replicas
             )
 
-        self._wait(synced, "the replica did not catch up", timeout)
+        self._wait(synced, "no replica caught up", timeout)
 
     def block_replication(self) -> None:
-        """Cut the replica off its primary (the `repl` user refused, its link killed).
+        """Cut the replicas off their primary (the `repl` user refused, links killed).
 
         Clients and Sentinels still reach both nodes, so nothing fails over by itself: the
         primary keeps acknowledging SETs that the replica never gets.
         """
         self._shut_out(self.primary, self.REPL_USER)
 
-        def cut() -> bool:
-            return str(self.role(self.replica)["master_link_status"]) == "down"
+        primary_port = self.primary_port()
 
-        self._wait(cut, "the replica kept its link")
+        def cut() -> bool:
+            replicas = [n for n in self.servers if n.running and n.port != primary_port]
+            return all(str(self.role(n)["master_link_status"]) == "down" for n in replicas)
+
+        self._wait(cut, "a replica kept its link")
 
     def partition_primary(self) -> RedisServer:
-        """Cut the replica and the Sentinels off the primary; clients still reach it.
+        """Cut the replica and the Sentinels off the primary; its clients keep their links.
 
-        The Sentinels then fail over to the replica while the old primary keeps taking
-        writes from the clients connected to it (unless min-replicas-to-write fences it).
+        New connections are refused too (the `default` user is switched off), connections
+        already open keep working, as across a network partition that leaves clients on
+        the old primary's side. The Sentinels then fail over to the replica, while the old
+        primary keeps taking writes on those connections unless min-replicas-to-write
+        fences it.
         """
         primary = self.primary
         self.block_replication()
+        self.admin(primary, "ACL", "SETUSER", "default", "off")
         self._shut_out(primary, self.SENTINEL_USER)
         return primary
 
-    @staticmethod
-    def _shut_out(node: RedisServer, user: str) -> None:
-        node.command("ACL", "SETUSER", user, "off")
-        node.command("CLIENT", "KILL", "USER", user)
+    def _shut_out(self, node: RedisServer, user: str) -> None:
+        self.admin(node, "ACL", "SETUSER", user, "off")
+        self.admin(node, "CLIENT", "KILL", "USER", user)
 
     def heal(self) -> None:
-        """Let the `repl` and `sentinel` users in again on every running data node."""
+        """Let everyone in again on every running data node."""
         for node in self.servers:
             if node.running:
-                for user in (self.REPL_USER, self.SENTINEL_USER):
-                    node.command("ACL", "SETUSER", user, "on")
+                for user in ("default", self.REPL_USER, self.SENTINEL_USER):
+                    self.admin(node, "ACL", "SETUSER", user, "on")
 
     def kill_primary(self) -> RedisServer:
         """SIGKILL the primary (no shutdown, sockets reset); return it."""

@@ -311,7 +311,7 @@ async def test_a_primary_fenced_by_min_replicas_is_never_read(server: RedisServe
         assert await cache.put(meta("s", 1), now_s=NOW)
         server.config_set("min_replicas_to_write", 1)  # and no replica at all
         assert await cache.get("s") is None
-        assert await cache.put(meta("s", 2), now_s=NOW) is False  # Redis's own NOREPLICAS
+        assert await cache.put(meta("s", 2), now_s=NOW) is False
         assert cache.stats().errors == 2
         server.config_set("min_replicas_to_write", 0)
         assert await cache.get("s") == meta("s", 1)

@@ -417,3 +417,51 @@ async def test_kill_primary_under_load_three_times(
     run = await run_kill_primary(group, tmp_path, kills=3, settle_s=5.0)
     assert run.violations == []
     assert max(run.latencies) < 1.0, run.summary()
+
+
+# --- a partition: the old primary is cut off, its clients are not -------------------------
+
+
+async def partitioned(tmp_path: Path, **server_config: Any) -> tuple[list[str], str]:
+    """Run the split-brain script; return what the late client read last, and from where.
+
+    Two replicas, so that the promoted one still has a replica after the old primary is
+    cut off. A writer whose connections stay on the old primary appends after the
+    Sentinels promoted a replica; a late client (so it reaches the new primary) had written
+    the turn before, so its L1 window matches what the new primary holds.
+    """
+    group = RedisSentinelGroup().start(replicas=2, **server_config)
+    try:
+        async with clients(tmp_path, group.url, 1) as (writer,):
+            await writer.append_turn("s", user("t1"))
+            group.wait_replicated()
+            old = group.partition_primary()
+            await asyncio.to_thread(group.wait_for_new_primary, old.port)
+            await asyncio.to_thread(group.wait_replicated)  # the other replica follows it
+            async with clients(tmp_path, group.url, 1) as (late,):
+                assert len((await late.load_context("s")).turns) == 1  # its L1 window: [t1]
+                await late.append_turn("s", user("t2"))  # through to the new primary
+                assert (await late.load_context("s")).source == "l1+redis"
+                await writer.append_turn("s", user("t3"))  # acknowledged
+                ctx = await late.load_context("s")
+                return [t.content for t in ctx.turns], ctx.source
+    finally:
+        group.stop()
+
+
+async def test_partition_without_min_replicas_serves_a_stale_context(tmp_path: Path) -> None:
+    """Why memsdk asks for min-replicas-to-write: without it, the test sees the split brain.
+
+    The writer's connections never fail, so it keeps writing through to the old primary,
+    which keeps acknowledging; the new primary keeps the late client's older META.
+    """
+    turns, source = await partitioned(tmp_path)
+    assert turns == ["t1", "t2"] and source == "l1+redis"  # t3 was acknowledged before
+
+
+async def test_partition_with_min_replicas_fences_the_old_primary(tmp_path: Path) -> None:
+    """min-replicas-to-write 1 (lag 1 s): the old primary answers READONLY once its replicas
+    are gone; the writer's write-through follows the Sentinels to the new primary at once."""
+    turns, source = await partitioned(tmp_path, min_replicas_to_write=1, min_replicas_max_lag=1)
+    # "redis": the new primary held t3's META (newer than the late client's L1 window).
+    assert turns == ["t1", "t2", "t3"] and source == "redis"
