@@ -254,7 +254,8 @@ class Config:
     """Everything memsdk needs to know; a bad value raises ConfigError right here."""
 
     store: str = "sqlite:///memsdk.db"
-    redis_url: str | None = None
+    # Out of repr: the URL may hold a password, and a Config is easily logged.
+    redis_url: str | None = field(default=None, repr=False)
     wal_dir: str | None = None
     ttl_seconds: int = 86_400
     last_n: int = 20

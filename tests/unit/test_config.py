@@ -198,6 +198,12 @@ def test_redis_url_errors_never_echo_the_password(url: str) -> None:
     assert "s3cr3t" not in str(info.value)
 
 
+def test_the_redis_password_stays_out_of_the_config_repr() -> None:
+    config = Config(redis_url="redis+sentinel://app:s3cr3t@h1:26379,h2:26379/m")
+    assert "s3cr3t" not in repr(config) and "s3cr3t" not in str(config)
+    assert config.redis_url is not None and "s3cr3t" in config.redis_url
+
+
 def test_from_env() -> None:
     env = {
         "MEMSDK_STORE": "sqlite:///env.db",
