@@ -1310,7 +1310,9 @@ class MemoryClient:
         """Put a committed META in Redis before the write is acknowledged (guarantee 5)."""
         if self._l2 is None:
             return
-        if not await self._l2.put(meta, now_s=self._clock.time_ms() // 1000):
+        # Essential: sent even while this process's Redis breaker is open, because another
+        # process's may be closed and trust what Redis holds (see RedisMetaCache._send).
+        if not await self._l2.put(meta, now_s=self._clock.time_ms() // 1000, essential=True):
             # Refused as older than what Redis holds (fine), or Redis trouble: then Redis
             # may hold an older META than the one just acknowledged. Drop it, retrying in
             # the background, so validated reads fall back to the store.
@@ -1319,7 +1321,7 @@ class MemoryClient:
     async def _repair_l2(self, session_id: str) -> None:
         assert self._l2 is not None
         for delay in _L2_REPAIR_DELAYS_S:
-            if await self._l2.invalidate(session_id):
+            if await self._l2.invalidate(session_id, essential=True):
                 return
             await asyncio.sleep(delay)
 

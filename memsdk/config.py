@@ -7,12 +7,20 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
-from urllib.parse import parse_qs, urlsplit
+from typing import Literal, cast
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from memsdk.errors import ConfigError
 
-__all__ = ["Config", "Consistency", "DynamoDBStoreSpec", "SQLiteStoreSpec", "StoreSpec"]
+__all__ = [
+    "Config",
+    "Consistency",
+    "DynamoDBStoreSpec",
+    "RedisSpec",
+    "SQLiteStoreSpec",
+    "StoreSpec",
+    "parse_redis_url",
+]
 
 Consistency = Literal["validated", "sticky", "strong"]
 _CONSISTENCY_MODES = ("validated", "sticky", "strong")
@@ -23,6 +31,15 @@ _DATA_PATHS = ("lean", "aioboto3")
 DYNAMODB_ITEM_LIMIT = 400 * 1024
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{3,255}$")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+_SENTINEL_SERVICE = re.compile(r"[A-Za-z0-9._\-]{1,128}")
+RedisTopology = Literal["standalone", "cluster", "sentinel"]
+_REDIS_SCHEMES = {
+    "redis": ("standalone", False),
+    "rediss": ("standalone", True),
+    "redis+cluster": ("cluster", False),
+    "redis+sentinel": ("sentinel", False),
+    "rediss+sentinel": ("sentinel", True),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +131,120 @@ def _parse_dynamodb(url: str) -> DynamoDBStoreSpec:
     return DynamoDBStoreSpec(table=table, region=region, endpoint=endpoint)
 
 
+@dataclass(frozen=True, slots=True)
+class RedisSpec:
+    """A parsed redis_url: which Redis to reach and how. Holds the password: never log it."""
+
+    topology: RedisTopology
+    tls: bool
+    # The server; a cluster's seed node; or every Sentinel, in the URL's order.
+    nodes: tuple[tuple[str, int], ...]
+    db: int = 0
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+    service_name: str | None = None  # the Sentinel master name
+
+
+def parse_redis_url(url: str) -> RedisSpec:
+    """Parse `redis://`, `rediss://`, `redis+cluster://` or `redis[s]+sentinel://` URLs.
+
+    Sentinel: `redis+sentinel://[user:password@]host:port,host:port,.../service_name[?db=N]`;
+    the credentials are the master's (Sentinels without AUTH). Messages never echo the URL.
+    """
+    if not isinstance(url, str) or not url:
+        raise ConfigError("redis_url must be a non-empty URL such as redis://host:6379/0")
+    scheme, sep, rest = url.partition("://")
+    kind = _REDIS_SCHEMES.get(scheme.lower()) if sep else None
+    if kind is None:
+        raise ConfigError(
+            "redis_url must use redis://, rediss://, redis+cluster://, redis+sentinel:// "
+            "or rediss+sentinel:// (redis+cluster over TLS is not supported)"
+        )
+    topology, tls = cast(tuple[RedisTopology, bool], kind)
+    if topology == "sentinel":
+        return _parse_sentinel(rest, tls)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError("redis_url is malformed (bad host or port)") from exc
+    if not parts.hostname or port is None:
+        raise ConfigError("redis_url must name a host and a port: redis://host:6379")
+    if parts.query or parts.fragment:
+        # redis-py lets query options override our timeouts and retries: refuse them.
+        raise ConfigError("redis_url takes no ?options or #fragment; timeouts are set by memsdk")
+    path = parts.path.strip("/")
+    if path and (topology == "cluster" or not path.isdigit()):
+        raise ConfigError(
+            "redis_url path must be a database number (redis://host:6379/0); "
+            "redis+cluster:// takes none"
+        )
+    return RedisSpec(
+        topology=topology,
+        tls=tls,
+        nodes=((parts.hostname, port),),
+        db=int(path) if path else 0,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+    )
+
+
+def _parse_sentinel(rest: str, tls: bool) -> RedisSpec:
+    netloc, _, tail = rest.partition("/")
+    service, _, query = tail.partition("?")
+    if "#" in rest:
+        raise ConfigError("redis_url (Sentinel) takes no #fragment")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if "," in userinfo:
+        raise ConfigError(
+            "redis_url (Sentinel): credentials go before the first host, percent-encoded "
+            "(redis+sentinel://user:password@h1:26379,h2:26379/mymaster)"
+        )
+    nodes: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        try:
+            parts = urlsplit(f"//{item}")
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigError("redis_url (Sentinel) has a malformed Sentinel host or port") from exc
+        if not parts.hostname or port is None or parts.username or parts.password:
+            raise ConfigError(
+                "redis_url (Sentinel) must list Sentinels as host:port separated by commas: "
+                "redis+sentinel://h1:26379,h2:26379,h3:26379/mymaster"
+            )
+        nodes.append((parts.hostname, port))
+    if not _SENTINEL_SERVICE.fullmatch(service):
+        raise ConfigError(
+            "redis_url (Sentinel) must end with the master's service name (1-128 chars of "
+            "[A-Za-z0-9._-]): redis+sentinel://h1:26379,h2:26379/mymaster"
+        )
+    db = 0
+    if query:
+        try:
+            options = parse_qs(query, keep_blank_values=True, strict_parsing=True)
+        except ValueError as exc:
+            raise ConfigError("redis_url (Sentinel) has a malformed ?query") from exc
+        values = options.pop("db", [])
+        if options or len(values) != 1 or not values[0].isdigit():
+            # Only the database: timeouts and retries are memsdk's (see redis_timeout).
+            raise ConfigError("redis_url (Sentinel) takes one option, ?db=N (a database number)")
+        db = int(values[0])
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    return RedisSpec(
+        topology="sentinel",
+        tls=tls,
+        nodes=tuple(nodes),
+        db=db,
+        username=username,
+        password=password,
+        service_name=service,
+    )
+
+
 def _redact(url: str) -> str:
     # Never echo credentials that may sit in a URL's userinfo.
     parts = urlsplit(url)
@@ -122,19 +253,13 @@ def _redact(url: str) -> str:
     return url
 
 
-def _check_url(name: str, url: str | None, schemes: tuple[str, ...]) -> None:
-    if url is None:
-        return
-    if not isinstance(url, str) or urlsplit(url).scheme not in schemes:
-        raise ConfigError(f"{name} must be a URL with scheme {' | '.join(schemes)}")
-
-
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Config:
     """Everything memsdk needs to know; a bad value raises ConfigError right here."""
 
     store: str = "sqlite:///memsdk.db"
-    redis_url: str | None = None
+    # Out of repr: the URL may hold a password, and a Config is easily logged.
+    redis_url: str | None = field(default=None, repr=False)
     wal_dir: str | None = None
     ttl_seconds: int = 86_400
     last_n: int = 20
@@ -200,10 +325,12 @@ class Config:
     telemetry_enabled: bool = True
     telemetry_attributes: tuple[str, ...] = ()
     store_spec: StoreSpec = field(init=False, repr=False, compare=False)
+    redis_spec: RedisSpec | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "store_spec", parse_store_url(self.store))
-        _check_url("redis_url", self.redis_url, ("redis", "rediss", "redis+cluster"))
+        redis_spec = None if self.redis_url is None else parse_redis_url(self.redis_url)
+        object.__setattr__(self, "redis_spec", redis_spec)
         if self.wal_dir is not None and (not isinstance(self.wal_dir, str) or not self.wal_dir):
             raise ConfigError("wal_dir must be a non-empty directory path or None")
         _check_int("ttl_seconds", self.ttl_seconds, 1, 10 * 365 * 86_400)

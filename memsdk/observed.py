@@ -154,14 +154,20 @@ class RedisObserver:
         self._attrs = dict(attributes)
 
     def observe(
-        self, command: str, outcome: str, started_ns: int, ended_ns: int, error: str | None
+        self,
+        operation: str,
+        command: str,
+        outcome: str,
+        started_ns: int,
+        ended_ns: int,
+        error: str | None,
     ) -> None:
-        """Report one command (see memsdk.cache.base.CacheObserver)."""
+        """Report one operation (see memsdk.cache.base.CacheObserver)."""
         telemetry = self._telemetry
-        if command == "GET":
+        if operation == "get":
             telemetry.cache_lookup("redis", _LOOKUP_RESULTS.get(outcome, "error"))
         if outcome == "bypassed":
-            telemetry.redis_bypassed(command)
+            telemetry.redis_bypassed(operation)
             return
         telemetry.finished_dependency_call(
             "redis",
@@ -169,5 +175,9 @@ class RedisObserver:
             started_ns=started_ns,
             ended_ns=ended_ns,
             error_type=error if error is not None else (None if outcome != "error" else "error"),
-            attributes={**self._attrs, "memsdk.cache.result": outcome},
+            attributes={
+                **self._attrs,
+                "memsdk.cache.operation": operation,
+                "memsdk.cache.result": outcome,
+            },
         )

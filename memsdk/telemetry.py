@@ -467,10 +467,10 @@ class Telemetry:
             self._counts[key] = self._counts.get(key, 0) + 1
 
     def redis_bypassed(self, operation: str) -> None:
-        """A Redis command was skipped (breaker open): a degradation, so an event too."""
+        """A Redis operation (get, put, invalidate) was skipped: the breaker is open."""
         if self.enabled:
-            self._count("memsdk.redis.bypassed", ("db.operation.name", operation))
-            self.event("memsdk.redis.bypassed", {"db.operation.name": operation})
+            self._count("memsdk.redis.bypassed", ("memsdk.cache.operation", operation))
+            self.event("memsdk.redis.bypassed", {"memsdk.cache.operation": operation})
 
     def breaker_changed(self, dependency: str, old: str, new: str) -> None:
         """A circuit breaker changed state."""

@@ -24,6 +24,9 @@ class MetaCacheStats(msgspec.Struct, frozen=True, kw_only=True):
     writes: int = 0
     stale_writes_refused: int = 0
     bypassed: int = 0  # calls not sent because the cache's circuit breaker was open
+    # Misses on a META that another primary stored (before a failover or a restart, or
+    # before a reshard moved it): never trusted, it may be older than an acknowledged write.
+    previous_epoch: int = 0
 
 
 class CallGate(Protocol):
@@ -47,13 +50,20 @@ class CallGate(Protocol):
 
 
 class CacheObserver(Protocol):
-    """Told about every cache command after it ended (telemetry); must not raise or block."""
+    """Told about every cache operation after it ended (telemetry); must not raise or block."""
 
     def observe(
-        self, command: str, outcome: str, started_ns: int, ended_ns: int, error: str | None
+        self,
+        operation: str,
+        command: str,
+        outcome: str,
+        started_ns: int,
+        ended_ns: int,
+        error: str | None,
     ) -> None:
-        """`command` as sent (GET, EVALSHA, DEL); `outcome`: hit, miss, stored, refused,
-        deleted, error or bypassed (not sent: the breaker is open); `error`: its type."""
+        """`operation`: get, put or invalidate; `command`: what was sent (EVALSHA, DEL);
+        `outcome`: hit, miss, stored, refused, deleted, error or bypassed (not sent: the
+        breaker is open); `error`: its type."""
         ...
 
 
@@ -77,17 +87,19 @@ class MetaCache(Protocol):
         """The cached META (live or a tombstone), or None on a miss or any cache trouble."""
         ...
 
-    async def put(self, meta: MetaRecord, *, now_s: int) -> bool:
+    async def put(self, meta: MetaRecord, *, now_s: int, essential: bool = False) -> bool:
         """Cache `meta` unless a META with a version >= meta.version is cached; True if stored.
 
         False also when the cache could not be reached: the caller then calls invalidate.
         The key's TTL follows META: `meta.expires_at - now_s` for a live session, a short
         fixed time for an expired one (so a tombstone still blocks stale fills).
+        `essential`: a write-through that a write is acknowledged on; sent even while the
+        cache's circuit breaker is open (a best-effort fill is skipped then).
         """
         ...
 
-    async def invalidate(self, session_id: str) -> bool:
-        """Drop the cached META; True when the cache confirmed it."""
+    async def invalidate(self, session_id: str, *, essential: bool = False) -> bool:
+        """Drop the cached META; True when the cache confirmed it (`essential`: see put)."""
         ...
 
     def stats(self) -> MetaCacheStats:

@@ -1,11 +1,20 @@
-"""The Redis META cache (L2): one standalone node or a Redis Cluster, best-effort.
+"""The Redis META cache (L2): one node, a Redis Cluster or a Sentinel group; best-effort.
 
 Key: `memsdk:{<session_id>}:meta` (the hash tag keeps a session in one cluster slot).
-Value: the META version as 20 zero-padded decimal digits, then the msgpack of MetaRecord;
-JSON instead (it starts with `{`, which no msgpack map does) for the rare META whose
-attributes hold an int that msgpack cannot (outside [-2**63, 2**64)).
+Value: the META version as 20 zero-padded decimal digits, the epoch (40 hex digits: the
+`master_replid` of the primary that stored it), then the msgpack of MetaRecord; JSON
+instead (it starts with `{`, which no msgpack map does) for the rare META whose attributes
+hold an int that msgpack cannot (outside [-2**63, 2**64)).
 A Lua script writes only versions above the cached one, comparing the digit prefixes as
 strings: Lua numbers are doubles and versions (~2^60) would lose precision.
+
+Replication is asynchronous: a failover can promote a replica that missed the newest SETs,
+so after a failover Redis may hold a META older than one memsdk acknowledged. A promoted
+replica always takes a new `master_replid`, so the read script serves only values stamped
+with the current primary's replid: whatever was written before a failover is a miss (one
+store read per session), never a stale context. It also refuses to answer on a replica
+(a demoted primary that clients are still connected to) and on a primary that has lost
+the replicas `min-replicas-to-write` asks for (the old side of a partition).
 
 Every redis, OS, timeout or decode failure is a miss (or False) and a count in `errors`;
 only asyncio.CancelledError escapes. Values hold customer ids and page context: they are
@@ -21,18 +30,20 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, cast
-from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import msgspec
 from redis._parsers import AsyncCommandsParser
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from memsdk.cache.base import CacheObserver, CallGate, MetaCacheStats
+from memsdk.config import RedisSpec, parse_redis_url
 from memsdk.errors import ConfigError
 from memsdk.logs import RateLimitedLog
 from memsdk.store.base import MetaRecord
@@ -46,26 +57,83 @@ _DECODER: Final = msgspec.msgpack.Decoder(MetaRecord)
 _JSON_ENCODER: Final = msgspec.json.Encoder()
 _JSON_DECODER: Final = msgspec.json.Decoder(MetaRecord)
 _VERSION_DIGITS: Final = 20
+_EPOCH_DIGITS: Final = 40  # a master_replid
 _MAX_VERSION: Final = 10**_VERSION_DIGITS - 1
 # Session ids are validated upstream; this only guards key construction (fullmatch: no
 # trailing newline, no braces that would change the hash tag).
 _SESSION_ID: Final = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
-# KEYS[1] = key; ARGV[1] = 20-digit version .. msgpack; ARGV[2] = TTL in seconds.
-# Equal-length digit strings order like the numbers they spell. A stored value without a
-# well-formed prefix is foreign or corrupt: overwrite it rather than let it block forever.
-_PUT_LUA: Final = """
+# The epoch: the replication id of the primary running the script. A replica takes a new
+# one when it is promoted, so a value stamped with another epoch was written before a
+# failover (or a restart, or a reshard moved it) and may be older than what memsdk
+# acknowledged since. A node that is not a primary, or a primary with min-replicas-to-write
+# set and no replica in reach (the old side of a partition, which Redis itself stops
+# taking writes on), is not trusted at all: READONLY, which makes redis-py's Sentinel
+# client drop the connection, so that the next one asks the Sentinels for the primary.
+_EPOCH_LUA: Final = """
+local function primary_epoch()
+  local info = redis.call('INFO', 'replication')
+  if not string.find(info, 'role:master', 1, true) then
+    return nil, 'READONLY memsdk: not a primary'
+  end
+  if string.match(info, 'min_slaves_good_slaves:(%d+)') == '0' then
+    return nil, 'READONLY memsdk: no replica in reach (min-replicas-to-write)'
+  end
+  local epoch = string.match(info, 'master_replid:(%x+)')
+  if not epoch or string.len(epoch) ~= 40 then
+    return nil, 'ERR memsdk: no master_replid in INFO replication'
+  end
+  return epoch
+end
+"""
+
+# KEYS[1] = key; ARGV[1] = 20-digit version .. payload; ARGV[2] = TTL in seconds. Stores
+# version .. epoch .. payload. Equal-length digit strings order like the numbers they spell.
+# A value from another epoch may be replaced by the same version (re-stamped: the caller
+# read it from the store), never by an older one. A stored value without a well-formed
+# prefix is foreign or corrupt: overwrite it rather than let it block forever.
+_PUT_LUA: Final = (
+    _EPOCH_LUA
+    + """
+local epoch, err = primary_epoch()
+if not epoch then
+  return redis.error_reply(err)
+end
+local new = string.sub(ARGV[1], 1, 20)
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local old = string.sub(cur, 1, 20)
   if string.len(old) == 20 and not string.find(old, '%D')
-      and old >= string.sub(ARGV[1], 1, 20) then
+      and (old > new or (old == new and string.sub(cur, 21, 60) == epoch)) then
     return 0
   end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('SET', KEYS[1], new .. epoch .. string.sub(ARGV[1], 21), 'EX', ARGV[2])
 return 1
 """
+)
+
+# KEYS[1] = key. The value if it was stored in this primary's epoch (or is malformed: the
+# caller drops it); 0 if in another epoch (a miss); nil if absent (INFO is not needed then).
+_GET_LUA: Final = (
+    _EPOCH_LUA
+    + """
+local cur = redis.call('GET', KEYS[1])
+if not cur then
+  return nil
+end
+local epoch, err = primary_epoch()
+if not epoch then
+  return redis.error_reply(err)
+end
+local version = string.sub(cur, 1, 20)
+if string.sub(cur, 21, 60) ~= epoch and string.len(version) == 20
+    and not string.find(version, '%D') then
+  return 0
+end
+return cur
+"""
+)
 
 # Delete an undecodable value only if it is still the one we read: never a fresh write.
 _DROP_LUA: Final = """
@@ -94,6 +162,9 @@ class _Script:
 
 
 _PUT: Final = _Script(_PUT_LUA)
+_GET: Final = _Script(_GET_LUA)
+# What each cache operation sends, as Redis (and its slowlog) names it.
+_COMMANDS: Final = {"get": "EVALSHA", "put": "EVALSHA", "invalidate": "DEL"}
 _DROP: Final = _Script(_DROP_LUA)
 
 
@@ -112,11 +183,49 @@ class _CommandTableOnce(AsyncCommandsParser):
         await super().initialize()
 
 
+class _SharedLookupSentinel(Sentinel):
+    """redis-py's Sentinel, with one primary look-up in flight at a time, shared by callers."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]  # untyped upstream
+        # Our own list: redis-py reorders self.sentinels, and its `sentinels[0], sentinels[i]
+        # = ...` swap, run by two interleaved look-ups, can duplicate one Sentinel and drop
+        # another from the list (whose connections then never close).
+        self.nodes: tuple[Redis, ...] = tuple(self.sentinels)
+        self._lookup: asyncio.Future[tuple[str, int]] | None = None
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        """The primary's address; concurrent callers (every new connection during a
+        failover) share one look-up, which also keeps the list above consistent."""
+        lookup = self._lookup
+        if lookup is None or lookup.done():
+            lookup = asyncio.ensure_future(super().discover_master(service_name))
+            # Retrieved here in case every caller gave up (their deadline) before the end.
+            lookup.add_done_callback(lambda done: done.cancelled() or done.exception())
+            self._lookup = lookup
+        # One caller's deadline must not cancel the look-up the others wait for.
+        return await asyncio.shield(lookup)
+
+    async def aclose(self) -> None:
+        """Stop a look-up in flight and close every Sentinel connection."""
+        lookup, self._lookup = self._lookup, None
+        if lookup is not None and not lookup.done():
+            lookup.cancel()
+            await asyncio.gather(lookup, return_exceptions=True)
+        for node in self.nodes:
+            await _close_quietly(node, None)
+
+
 class _DecodeError(Exception):
     """A cached value that is not a version prefix plus a MetaRecord."""
 
 
 _BYPASSED: Final = object()
+_DESCRIPTIONS: Final = {
+    "standalone": "redis",
+    "cluster": "redis-cluster",
+    "sentinel": "redis-sentinel",
+}
 
 
 class _Failed:
@@ -129,7 +238,8 @@ class _Failed:
 
 
 class RedisMetaCache:
-    """MetaCache on Redis: `redis://`, `rediss://` (TLS) or `redis+cluster://` URLs."""
+    """MetaCache on Redis: `redis://`, `rediss://` (TLS), `redis+cluster://` or
+    `redis[s]+sentinel://` URLs (see memsdk.config.parse_redis_url)."""
 
     def __init__(
         self,
@@ -142,7 +252,7 @@ class RedisMetaCache:
         gate: CallGate | None = None,
         observer: CacheObserver | None = None,
     ) -> None:
-        self._parts, self._cluster = _parse_url(url)
+        self._spec: RedisSpec = parse_redis_url(url)
         _check_positive("timeout", timeout)
         _check_positive("connect_timeout", connect_timeout)
         if isinstance(tombstone_ttl_seconds, bool) or not isinstance(tombstone_ttl_seconds, int):
@@ -162,10 +272,12 @@ class RedisMetaCache:
         # connect per startup node): this deadline bounds every call whatever it does.
         self._budget = self._connect_timeout + self._timeout
         self._client: Redis | RedisCluster | None = None
+        self._sentinel: _SharedLookupSentinel | None = None
         # The cluster slot map we last saw (see _reap_orphans).
         self._slots_seen: dict[int, list[ClusterNode]] | None = None
         self._log = RateLimitedLog(_log)
         self._hits = self._misses = self._errors = self._writes = self._refused = 0
+        self._previous_epoch = 0
         # A circuit breaker: while Redis is down or hanging, calls are skipped (a miss at no
         # cost) instead of each waiting out redis_timeout.
         self._gate = gate
@@ -174,8 +286,8 @@ class RedisMetaCache:
 
     @property
     def description(self) -> str:
-        """'redis' or 'redis-cluster': never the URL, which may hold a password."""
-        return "redis-cluster" if self._cluster else "redis"
+        """'redis', 'redis-cluster' or 'redis-sentinel': never the URL (it may hold a password)."""
+        return _DESCRIPTIONS[self._spec.topology]
 
     async def open(self) -> None:
         """Create the client; no I/O, so an unreachable server only shows up as misses."""
@@ -197,18 +309,51 @@ class RedisMetaCache:
             "driver_info": None,
             "decode_responses": False,
         }
-        if self._cluster:
-            url = urlunsplit(self._parts._replace(scheme="redis"))
+        spec = self._spec
+        credentials: dict[str, Any] = {"username": spec.username, "password": spec.password}
+        if spec.topology == "cluster":
+            host, port = spec.nodes[0]
             # Per node: max_connections. retry=0 also means no cluster-level retry after
             # ConnectionError/TimeoutError/CLUSTERDOWN (each would re-discover the topology
             # first); MOVED/ASK/TRYAGAIN are still followed, up to 16 redirects.
             # reinitialize_steps=0: a MOVED patches that slot only. By default every 5th
             # MOVED closes every connection (in-flight commands of other tasks included)
             # and reloads the topology, which turns a reshard into a burst of errors.
-            cluster = RedisCluster.from_url(url, reinitialize_steps=0, **settings)
+            cluster = RedisCluster(
+                host=host, port=port, reinitialize_steps=0, **credentials, **settings
+            )
             cluster.commands_parser = _CommandTableOnce()
             return cluster
-        return Redis.from_url(urlunsplit(self._parts), **settings)
+        if spec.topology == "sentinel":
+            assert spec.service_name is not None
+            # A new connection first asks the Sentinels, in turn, for the primary's address
+            # (SENTINEL MASTERS); one that answers moves to the front. A connection error or
+            # READONLY (the old primary came back as a replica) closes the connection, so
+            # the next call asks again: after a failover the client follows the Sentinels.
+            # The Sentinels get the same short timeouts and no retries; AUTH, if any, is
+            # the primary's (Sentinels without a password).
+            self._sentinel = _SharedLookupSentinel(
+                list(spec.nodes),
+                sentinel_kwargs={
+                    "socket_timeout": self._timeout,
+                    "socket_connect_timeout": self._connect_timeout,
+                    "retry": Retry(NoBackoff(), 0),
+                    "health_check_interval": 0,
+                    # A few concurrent look-ups per Sentinel; a full pool is a failed
+                    # look-up there, and the next Sentinel is asked.
+                    "max_connections": 4,
+                    "driver_info": None,
+                    "ssl": spec.tls,
+                },
+                **settings,
+            )
+            # redis-py leaves master_for() untyped.
+            master = self._sentinel.master_for(
+                spec.service_name, db=spec.db, ssl=spec.tls, **credentials
+            )
+            return cast(Redis, master)
+        host, port = spec.nodes[0]
+        return Redis(host=host, port=port, db=spec.db, ssl=spec.tls, **credentials, **settings)
 
     async def aclose(self) -> None:
         """Close the client and its connections; idempotent."""
@@ -223,6 +368,9 @@ class RedisMetaCache:
                 nodes.update((id(n), n) for n in node_list)
             await _disconnect_nodes(list(nodes.values()), None)
         await _close_quietly(client, None)
+        sentinel, self._sentinel = self._sentinel, None
+        if sentinel is not None:
+            await sentinel.aclose()
 
     async def get(self, session_id: str) -> MetaRecord | None:
         """The cached META (live or a tombstone), or None on a miss or any trouble."""
@@ -232,33 +380,45 @@ class RedisMetaCache:
             self._fail_get("closed" if key is not None else "bad_session_id", None)
             return None
         started = time.time_ns()
-        outcome = await self._send(client, lambda: client.get(key))
+        outcome = await self._send(client, lambda: _GET(client, key))
         if outcome is _BYPASSED:
             self._misses += 1
-            self._tell("GET", "bypassed", started, None)
+            self._tell("get", "bypassed", started, None)
             return None
         if isinstance(outcome, _Failed):
             self._fail_get(_kind(outcome.error), outcome.error)
-            self._tell("GET", "error", started, outcome.error)
+            self._tell("get", "error", started, outcome.error)
+            return None
+        if outcome == 0:
+            # Stored by another primary (before a failover or restart, or before a reshard
+            # moved it here): maybe older than an acknowledged append. A miss; the next
+            # write or read-through fill re-stamps it.
+            self._misses += 1
+            self._previous_epoch += 1
+            self._warn("meta_stored_by_another_primary", None)
+            self._tell("get", "miss", started, None)
             return None
         raw = cast(bytes | None, outcome)
         if raw is None:
             self._misses += 1
-            self._tell("GET", "miss", started, None)
+            self._tell("get", "miss", started, None)
             return None
         try:
             meta = _decode(raw)
         except _DecodeError:
             await self._drop(client, key, raw)
             self._fail_get("undecodable_value", None)
-            self._tell("GET", "error", started, None)
+            self._tell("get", "error", started, None)
             return None
         self._hits += 1
-        self._tell("GET", "hit", started, None)
+        self._tell("get", "hit", started, None)
         return meta
 
-    async def put(self, meta: MetaRecord, *, now_s: int) -> bool:
-        """Cache `meta` unless a version >= meta.version is cached; True if stored."""
+    async def put(self, meta: MetaRecord, *, now_s: int, essential: bool = False) -> bool:
+        """Cache `meta` unless a version >= meta.version is cached; True if stored.
+
+        `essential` (a write-through): sent even while the breaker is open, see _send.
+        """
         key = self._key(meta.session_id)
         client = self._client
         if key is None or client is None:
@@ -274,36 +434,38 @@ class RedisMetaCache:
         except Exception as exc:  # never raise, even for a META we cannot serialise
             return self._fail("unencodable_meta", exc)
         started = time.time_ns()
-        stored = await self._send(client, lambda: _PUT(client, key, value, ttl))
+        stored = await self._send(
+            client, lambda: _PUT(client, key, value, ttl), essential=essential
+        )
         if stored is _BYPASSED:
-            self._tell("EVALSHA", "bypassed", started, None)
+            self._tell("put", "bypassed", started, None)
             return False
         if isinstance(stored, _Failed):
-            self._tell("EVALSHA", "error", started, stored.error)
+            self._tell("put", "error", started, stored.error)
             return self._fail(_kind(stored.error), stored.error)
         if stored == 1:
             self._writes += 1
-            self._tell("EVALSHA", "stored", started, None)
+            self._tell("put", "stored", started, None)
             return True
         self._refused += 1
-        self._tell("EVALSHA", "refused", started, None)
+        self._tell("put", "refused", started, None)
         return False
 
-    async def invalidate(self, session_id: str) -> bool:
+    async def invalidate(self, session_id: str, *, essential: bool = False) -> bool:
         """Drop the cached META; True when Redis confirmed the delete."""
         key = self._key(session_id)
         client = self._client
         if key is None or client is None:
             return self._fail("closed" if key is not None else "bad_session_id", None)
         started = time.time_ns()
-        deleted = await self._send(client, lambda: client.delete(key))
+        deleted = await self._send(client, lambda: client.delete(key), essential=essential)
         if deleted is _BYPASSED:
-            self._tell("DEL", "bypassed", started, None)
+            self._tell("invalidate", "bypassed", started, None)
             return False
         if isinstance(deleted, _Failed):
-            self._tell("DEL", "error", started, deleted.error)
+            self._tell("invalidate", "error", started, deleted.error)
             return self._fail(_kind(deleted.error), deleted.error)
-        self._tell("DEL", "deleted", started, None)
+        self._tell("invalidate", "deleted", started, None)
         return True
 
     def stats(self) -> MetaCacheStats:
@@ -315,39 +477,71 @@ class RedisMetaCache:
             writes=self._writes,
             stale_writes_refused=self._refused,
             bypassed=self._bypassed,
+            previous_epoch=self._previous_epoch,
         )
 
     async def _send(
-        self, client: Redis | RedisCluster, command: Callable[[], Awaitable[Any]]
+        self,
+        client: Redis | RedisCluster,
+        command: Callable[[], Awaitable[Any]],
+        *,
+        essential: bool = False,
     ) -> Any:
         """One command within the call budget and the breaker: its reply, _BYPASSED (the
-        breaker is open: not sent) or _Failed (any trouble; never raised)."""
+        breaker is open: not sent) or _Failed (any trouble; never raised). Behind
+        Sentinel, a node that turned out not to be the primary is left for the one the
+        Sentinels name, once, within the same budget.
+
+        An essential command (a write-through, its repair) is sent even while the breaker
+        is open, without a verdict for it. Breakers are per process: a writer's may be open
+        while a reader's is closed, and a skipped write-through leaves Redis with an older
+        META that the reader trusts. A Redis that refuses connections makes the attempt
+        cost next to nothing; one that hangs costs the append one call budget.
+        """
         gate = self._gate
-        if gate is not None and not gate.try_acquire():
+        admitted = gate is None or gate.try_acquire()
+        if not admitted and not essential:
             self._bypassed += 1
             return _BYPASSED
+        judged = gate if admitted else None
         started = time.monotonic()
         try:
             async with asyncio.timeout(self._budget):
-                reply = await command()
+                try:
+                    reply = await command()
+                except RedisConnectionError as exc:
+                    if not self._moved(exc):
+                        raise
+                    # The node is no longer the primary: followed once, like a cluster's
+                    # MOVED. redis-py closed that connection; the next asks the Sentinels.
+                    reply = await command()
         except asyncio.CancelledError:
-            if gate is not None:
-                gate.record_neutral()  # the caller gave up: no verdict on Redis
+            if judged is not None:
+                judged.record_neutral()  # the caller gave up: no verdict on Redis
             raise
         except Exception as exc:
-            if gate is not None:
-                gate.record_failure(time.monotonic() - started)
+            if judged is not None:
+                judged.record_failure(time.monotonic() - started)
             await self._reap_orphans(client)
             return _Failed(exc)
-        if gate is not None:
-            gate.record_success(time.monotonic() - started)
+        if judged is not None:
+            judged.record_success(time.monotonic() - started)
         await self._reap_orphans(client)
         return reply
 
-    def _tell(self, command: str, outcome: str, started_ns: int, error: Exception | None) -> None:
+    def _tell(self, operation: str, outcome: str, started_ns: int, error: Exception | None) -> None:
         if self._observer is not None:
             error_type = None if error is None else type(error).__name__
-            self._observer.observe(command, outcome, started_ns, time.time_ns(), error_type)
+            command = _COMMANDS[operation]
+            self._observer.observe(
+                operation, command, outcome, started_ns, time.time_ns(), error_type
+            )
+
+    def _moved(self, exc: RedisConnectionError) -> bool:
+        # redis-py's Sentinel connection turns READONLY (from Redis or from our scripts)
+        # into "ConnectionError: The previous master is now a slave", raised while
+        # handling the ReadOnlyError.
+        return self._sentinel is not None and isinstance(exc.__context__, ReadOnlyError)
 
     def _key(self, session_id: str) -> str | None:
         if isinstance(session_id, str) and _SESSION_ID.fullmatch(session_id):
@@ -416,7 +610,7 @@ def _decode(raw: bytes) -> MetaRecord:
     prefix = raw[:_VERSION_DIGITS]
     if len(prefix) != _VERSION_DIGITS or not prefix.isdigit():
         raise _DecodeError
-    payload = raw[_VERSION_DIGITS:]
+    payload = raw[_VERSION_DIGITS + _EPOCH_DIGITS :]
     try:
         decoder = _JSON_DECODER if payload[:1] == b"{" else _DECODER
         meta = decoder.decode(payload)
@@ -465,33 +659,3 @@ async def _close_quietly(client: Redis | RedisCluster, deadline: float | None) -
 def _check_positive(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 600:
         raise ConfigError(f"{name} must be a number of seconds in (0, 600]")
-
-
-def _parse_url(url: str) -> tuple[SplitResult, bool]:
-    """Validate a redis URL; return its parts (scheme kept) and whether it is a cluster."""
-    if not isinstance(url, str) or not url:
-        raise ConfigError("redis_url must be a non-empty URL such as redis://host:6379/0")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ConfigError("redis_url is malformed (bad host or port)") from exc
-    scheme = parts.scheme.lower()
-    if scheme not in ("redis", "rediss", "redis+cluster"):
-        raise ConfigError(
-            "redis_url must use redis://, rediss:// or redis+cluster:// "
-            "(redis+cluster over TLS is not supported)"
-        )
-    if not parts.hostname or port is None:
-        raise ConfigError("redis_url must name a host and a port: redis://host:6379")
-    if parts.query or parts.fragment:
-        # redis-py lets query options override our timeouts and retries: refuse them.
-        raise ConfigError("redis_url takes no ?options or #fragment; timeouts are set by memsdk")
-    cluster = scheme == "redis+cluster"
-    path = parts.path.strip("/")
-    if path and (cluster or not path.isdigit()):
-        raise ConfigError(
-            "redis_url path must be a database number (redis://host:6379/0); "
-            "redis+cluster:// takes none"
-        )
-    return parts._replace(scheme=scheme), cluster

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from memsdk.cache.base import MetaCache, MetaCacheStats
 from memsdk.cache.redis import RedisMetaCache
 from memsdk.errors import ConfigError
 from memsdk.store.base import MetaRecord, SummaryRecord
-from tests.harness.redis_server import RedisCluster3, RedisServer, free_port
+from tests.harness.redis_server import RedisCluster3, RedisServer, free_port, make_tls_files
 
 NOW = 1_900_000_000  # a fixed "now" in epoch seconds: TTLs are computed from it, never waited
 TIMEOUT = 0.1
@@ -123,12 +122,18 @@ async def test_satisfies_the_protocol_and_round_trips(server: RedisServer) -> No
         assert cache.stats() == MetaCacheStats(hits=1, misses=1, errors=0, writes=1)
 
 
-async def test_value_is_version_prefix_plus_msgpack(server: RedisServer) -> None:
+def replid(server: RedisServer) -> bytes:
+    """The server's master_replid: the epoch memsdk stamps on what it stores there."""
+    return str(server.command("INFO", "replication")["master_replid"]).encode()
+
+
+async def test_value_is_version_prefix_epoch_plus_msgpack(server: RedisServer) -> None:
     record = meta("s.v:1-x", 2**60 + 3)
     async with opened(server.url) as cache:
         assert await cache.put(record, now_s=NOW)
     raw = server.command("GET", key("s.v:1-x"))
-    assert raw == b"%020d" % (2**60 + 3) + msgspec.msgpack.encode(record)
+    assert len(replid(server)) == 40
+    assert raw == b"%020d" % (2**60 + 3) + replid(server) + msgspec.msgpack.encode(record)
     assert server.command("KEYS", "*") == [key("s.v:1-x").encode()]
 
 
@@ -140,7 +145,7 @@ async def test_ints_beyond_msgpack_round_trip_as_json(server: RedisServer) -> No
         assert await cache.get("s") == record
         assert not await cache.put(meta("s", 2), now_s=NOW)
         assert cache.stats().errors == 0
-    assert server.command("GET", key("s"))[20:21] == b"{"
+    assert server.command("GET", key("s"))[60:61] == b"{"
 
 
 async def test_lower_or_equal_version_never_overwrites(server: RedisServer) -> None:
@@ -201,7 +206,9 @@ async def test_invalidate(server: RedisServer) -> None:
 async def test_undecodable_value_is_an_error_a_miss_and_deleted(server: RedisServer) -> None:
     server.command("SET", key("junk"), b"not a version" + b"\xff" * 30)
     # A good prefix whose payload says another version is corrupt too.
-    server.command("SET", key("liar"), b"%020d" % 8 + msgspec.msgpack.encode(meta("liar", 9)))
+    server.command(
+        "SET", key("liar"), b"%020d" % 8 + replid(server) + msgspec.msgpack.encode(meta("liar", 9))
+    )
     async with opened(server.url) as cache:
         assert await cache.get("junk") is None
         assert await cache.get("liar") is None
@@ -232,6 +239,82 @@ async def test_noscript_after_script_flush(server: RedisServer) -> None:
     stats = server.command("INFO", "commandstats")
     assert stats["cmdstat_eval"]["calls"] == 2
     assert stats["cmdstat_evalsha"]["calls"] == 3
+
+
+# --- epochs: what a promoted replica holds is not trusted --------------------------------
+
+
+def promote_in_place(server: RedisServer) -> None:
+    """What a failover does to the replica it promotes: REPLICAOF NO ONE, a new replid.
+
+    The node replicates from a port where nothing listens, so it keeps its data."""
+    server.command("REPLICAOF", "127.0.0.1", str(free_port()))
+    server.command("REPLICAOF", "NO", "ONE")
+
+
+async def test_a_meta_stored_before_a_promotion_is_a_miss_until_restamped(
+    server: RedisServer,
+) -> None:
+    async with opened(server.url) as cache:
+        assert await cache.put(meta("s", 5), now_s=NOW)
+        before = replid(server)
+        promote_in_place(server)
+        assert replid(server) != before
+        assert server.command("EXISTS", key("s")) == 1  # still there, but maybe outdated
+        assert await cache.get("s") is None
+        stats = cache.stats()
+        assert (stats.misses, stats.previous_epoch, stats.errors) == (1, 1, 0)
+        # Never replaced by an older version, even though it is not trusted...
+        assert not await cache.put(meta("s", 4), now_s=NOW)
+        assert server.command("GET", key("s"))[20:60] == before
+        # ...but re-stamped by the same one (read from the store) or a newer one.
+        assert await cache.put(meta("s", 5), now_s=NOW)
+        assert await cache.get("s") == meta("s", 5)
+        assert not await cache.put(meta("s", 5), now_s=NOW)  # now in this epoch: equal refused
+        assert await cache.put(meta("s", 6), now_s=NOW)
+        assert await cache.get("s") == meta("s", 6)
+
+
+async def test_a_value_without_an_epoch_is_a_miss_and_replaced(server: RedisServer) -> None:
+    """The previous format (version + msgpack, no epoch): what a rolling upgrade finds."""
+    server.command("SET", key("s"), b"%020d" % 3 + msgspec.msgpack.encode(meta("s", 3)))
+    async with opened(server.url) as cache:
+        assert await cache.get("s") is None
+        assert cache.stats().previous_epoch == 1 and cache.stats().errors == 0
+        assert not await cache.put(meta("s", 2), now_s=NOW)
+        assert await cache.put(meta("s", 3), now_s=NOW)
+        assert await cache.get("s") == meta("s", 3)
+
+
+async def test_a_replica_is_never_read() -> None:
+    primary = RedisServer().start()
+    replica = RedisServer().start(replicaof=f"127.0.0.1 {primary.port}")
+    try:
+        async with opened(primary.url) as cache:
+            assert await cache.put(meta("s", 1), now_s=NOW)
+        deadline = time.monotonic() + 10
+        while replica.command("EXISTS", key("s")) != 1:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        async with opened(replica.url) as cache:
+            assert await cache.get("s") is None  # READONLY from the script: an error
+            assert await cache.put(meta("s", 2), now_s=NOW) is False
+            assert cache.stats().errors == 2 and cache.stats().hits == 0
+    finally:
+        replica.stop()
+        primary.stop()
+
+
+async def test_a_primary_fenced_by_min_replicas_is_never_read(server: RedisServer) -> None:
+    """min-replicas-to-write set and no replica in reach: the old side of a partition."""
+    async with opened(server.url) as cache:
+        assert await cache.put(meta("s", 1), now_s=NOW)
+        server.config_set("min_replicas_to_write", 1)  # and no replica at all
+        assert await cache.get("s") is None
+        assert await cache.put(meta("s", 2), now_s=NOW) is False
+        assert cache.stats().errors == 2
+        server.config_set("min_replicas_to_write", 0)
+        assert await cache.get("s") == meta("s", 1)
 
 
 # --- lifecycle and configuration -------------------------------------------------------
@@ -298,29 +381,8 @@ async def test_password_and_db_from_the_url() -> None:
         srv.stop()
 
 
-def _make_tls_files(directory: Path) -> None:
-    """A CA and a server certificate for 127.0.0.1, via the openssl CLI."""
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
-
-    openssl(
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-        "-keyout", "ca.key", "-out", "ca.pem",
-    )  # fmt: skip
-    openssl(
-        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-        "-keyout", "server.key", "-out", "server.csr",
-    )  # fmt: skip
-    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    openssl(
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.pem",
-    )  # fmt: skip
-
-
 async def test_rediss_with_tls_and_auth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _make_tls_files(tmp_path)
+    make_tls_files(tmp_path)
     tls_port = free_port()
     srv = RedisServer().start(
         tls_port=tls_port,
@@ -427,21 +489,25 @@ async def test_a_server_that_never_answers_costs_one_timeout() -> None:
         await hole.wait_closed()
 
 
-@pytest.mark.parametrize("maxmemory", ["1mb", "2mb"])
-async def test_allkeys_lru_eviction_is_a_miss_never_an_error(maxmemory: str) -> None:
-    # Redis 7.0 uses ~1 MB before any key: under "1mb" every write evicts everything
-    # (all misses); "2mb" keeps the newest few hundred.
-    srv = RedisServer().start(maxmemory=maxmemory, maxmemory_policy="allkeys-lru")
+@pytest.mark.parametrize("headroom", [64 * 1024, 1024 * 1024])
+async def test_allkeys_lru_eviction_is_a_miss_never_an_error(headroom: int) -> None:
+    # maxmemory = what the server uses with the scripts loaded and no key (~1 MB on Redis
+    # 7.0) + headroom: 64 KB keeps a few dozen METAs (nearly every write evicts), 1 MB
+    # keeps the newest ~1,000. Relative, because the baseline moves with the version.
+    srv = RedisServer().start(maxmemory_policy="allkeys-lru")
     try:
         page = {"blob": "x" * 600}
         async with opened(srv.url, timeout=1.0) as cache:
+            assert await cache.put(meta("warm-up", 1), now_s=NOW)
+            assert await cache.invalidate("warm-up")
+            srv.config_set("maxmemory", srv.command("INFO", "memory")["used_memory"] + headroom)
             for i in range(3000):
                 assert await cache.put(meta(f"s{i}", 1, page_context=page), now_s=NOW)
             assert srv.command("INFO", "stats")["evicted_keys"] > 0
             found = [await cache.get(f"s{i}") for i in range(3000)]
             # Redis's LRU is approximate (it samples keys): most old keys go, not all.
             assert found[:1000].count(None) > 500
-            if maxmemory == "2mb":
+            if headroom >= 1024 * 1024:
                 assert found[-1] == meta("s2999", 1, page_context=page)
             stats = cache.stats()
             assert stats.errors == 0
@@ -581,12 +647,18 @@ async def test_cluster_reshard_under_load() -> None:
             assert all(clu.node_of_key(key(sid)).port == clu.ports[1] for sid in sids)
             stats = cache.stats()
             for sid in sids:
+                moved_unwritten = cache.stats().previous_epoch
                 got = await cache.get(sid)
-                assert got is not None
-                assert acked[sid] <= got.version <= attempted[sid]
-                # Only a put that failed may be missing, and the next one lands.
-                assert stats.errors > 0 or got.version == attempted[sid]
+                if got is None:
+                    # Moved after its last put: stamped by its old primary, so a miss (one
+                    # store read) until the next write re-stamps it; never lost, never stale.
+                    assert cache.stats().previous_epoch == moved_unwritten + 1
+                else:
+                    assert acked[sid] <= got.version <= attempted[sid]
+                    # Only a put that failed may be missing, and the next one lands.
+                    assert stats.errors > 0 or got.version == attempted[sid]
                 assert await cache.put(meta(sid, attempted[sid] + 1), now_s=NOW)
+                assert await cache.get(sid) == meta(sid, attempted[sid] + 1)
             # A planned reshard is not an outage: a few timeouts at most on a busy machine.
             assert stats.errors <= max(5, calls // 100), (calls, stats)
     finally:

@@ -46,7 +46,7 @@ async def test_hit_and_miss_with_dynamodb_and_redis(
     spans = otel.spans()
     cold_span, warm_span = otel.spans("memsdk.load_context")
     cold_children = children(spans, cold_span)
-    assert sorted(s.name for s in cold_children) == ["GET", f"Query {table_of(proxied_url)}"]
+    assert sorted(s.name for s in cold_children) == ["EVALSHA", f"Query {table_of(proxied_url)}"]
     query = next(s for s in cold_children if s.name.startswith("Query"))
     assert query.attributes is not None
     assert query.attributes["db.system.name"] == "aws.dynamodb"
@@ -56,7 +56,8 @@ async def test_hit_and_miss_with_dynamodb_and_redis(
     assert query.attributes["server.port"] == proxy_port(proxied_url)
     assert query.attributes["memsdk.breaker.state"] == "closed"
     (get,) = [s for s in children(spans, warm_span)]
-    assert get.name == "GET" and get.attributes is not None
+    assert get.name == "EVALSHA" and get.attributes is not None
+    assert get.attributes["memsdk.cache.operation"] == "get"
     assert get.attributes["db.system.name"] == "redis"
     assert get.attributes["memsdk.cache.result"] == "hit"
     assert get.attributes["server.address"] == "127.0.0.1"
@@ -67,7 +68,7 @@ async def test_hit_and_miss_with_dynamodb_and_redis(
         (p.attributes["db.system.name"], p.attributes["db.operation.name"])
         for p in otel.points("db.client.operation.duration")
     }
-    assert calls == {("redis", "GET"), ("aws.dynamodb", "Query")}
+    assert calls == {("redis", "EVALSHA"), ("aws.dynamodb", "Query")}
     assert SECRET not in everything_exported(otel)
 
 
@@ -141,7 +142,7 @@ async def test_redis_outage_is_a_bypass_event_not_an_error(
         if e.name == "memsdk.redis.bypassed"
     ]  # fmt: skip
     assert len(bypass_events) >= 2
-    assert otel.total("memsdk.redis.bypassed", **{"db.operation.name": "GET"}) == 2
+    assert otel.total("memsdk.redis.bypassed", **{"memsdk.cache.operation": "get"}) == 2
     opened = {"memsdk.dependency": "redis", "memsdk.breaker.state": "open"}
     assert otel.total("memsdk.breaker.transitions", **opened) == 1
     # The public calls themselves never failed.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from memsdk.client import build_store
 from memsdk.config import Config
 from memsdk.testing import CountingStore
 from tests.conftest import TEST_TIMEOUTS, ClientFactory
-from tests.harness.redis_server import RedisCluster3, RedisServer
+from tests.harness.redis_server import RedisCluster3, RedisServer, free_port
 
 
 def user(text: str) -> Turn:
@@ -256,3 +257,37 @@ async def test_validated_never_stale_with_redis(
     finally:
         for mem in clients:
             await mem.aclose()
+
+
+async def test_a_writer_with_an_open_breaker_still_writes_through(
+    make_client: ClientFactory,
+) -> None:
+    """Breakers are per process: the writer's can be open while a reader's is closed.
+
+    Skipping the write-through then leaves Redis with an older META that the reader
+    trusts (its L1 window matches it): the reader would miss an acknowledged turn.
+    """
+    port = free_port()  # Redis is down when the writer starts
+    # A generous redis_timeout: a busy machine must not turn the reader's fill into a miss.
+    url, slack = f"redis://127.0.0.1:{port}", {"redis_timeout": 1.0}
+    writer = await make_client(
+        redis_url=url, breaker_consecutive_failures=2, breaker_open_seconds=60.0,
+        breaker_max_open_seconds=60.0, **slack,
+    )  # fmt: skip
+    for n in range(3):
+        await writer.append_turn("s", user(f"t{n}"))
+    assert writer.health().redis_breaker == "open"
+    server = RedisServer().start(port=port)
+    try:
+        reader = await make_client(redis_url=url, **slack)
+        deadline = time.monotonic() + 10
+        # Read until Redis holds the META (a read-through fill) and validates L1 with it.
+        while (await reader.load_context("s")).source != "l1+redis":
+            assert time.monotonic() < deadline, reader.health()
+            await asyncio.sleep(0.02)
+        await writer.append_turn("s", user("t3"))  # the writer's breaker is still open
+        assert writer.health().redis_breaker == "open"
+        ctx = await reader.load_context("s")
+        assert [t.content for t in ctx.turns] == ["t0", "t1", "t2", "t3"]
+    finally:
+        server.stop()

@@ -1,4 +1,4 @@
-"""Config: defaults, validation at construction, store URL parsing, from_env."""
+"""Config: defaults, validation at construction, store and Redis URL parsing, from_env."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from memsdk import Config
-from memsdk.config import DynamoDBStoreSpec, SQLiteStoreSpec
+from memsdk.config import DynamoDBStoreSpec, RedisSpec, SQLiteStoreSpec, parse_redis_url
 from memsdk.errors import ConfigError
 
 
@@ -113,8 +113,95 @@ def test_bad_values_raise_config_error(field: str, value: Any) -> None:
 
 
 def test_redis_url_schemes_accepted() -> None:
-    for url in ("redis://h:6379/0", "rediss://u:p@h:6380", "redis+cluster://h:7000"):
+    for url in (
+        "redis://h:6379/0",
+        "rediss://u:p@h:6380",
+        "redis+cluster://h:7000",
+        "redis+sentinel://h1:26379,h2:26379,h3:26379/mymaster",
+        "rediss+sentinel://h1:26379/mymaster?db=2",
+    ):
         assert Config(redis_url=url).redis_url == url
+
+
+def test_redis_urls_parse_into_a_spec() -> None:
+    assert Config().redis_spec is None
+    assert parse_redis_url("rediss://us%40r:p%3Aw@cache.internal:6380/4") == RedisSpec(
+        topology="standalone",
+        tls=True,
+        nodes=(("cache.internal", 6380),),
+        db=4,
+        username="us@r",
+        password="p:w",
+    )
+    spec = Config(redis_url="REDIS+CLUSTER://:pw@10.0.0.1:7000").redis_spec
+    expected = RedisSpec(topology="cluster", tls=False, nodes=(("10.0.0.1", 7000),), password="pw")
+    assert spec == expected
+
+
+def test_sentinel_urls_parse_into_a_spec() -> None:
+    spec = parse_redis_url(
+        "redis+sentinel://app:s3cr%2Fet@10.0.0.1:26379,[::1]:26380,sentinel-3:26381/cache.main"
+    )
+    assert spec == RedisSpec(
+        topology="sentinel",
+        tls=False,
+        nodes=(("10.0.0.1", 26379), ("::1", 26380), ("sentinel-3", 26381)),
+        service_name="cache.main",
+        username="app",
+        password="s3cr/et",
+    )
+    assert "s3cr" not in repr(spec)  # repr (and so logs of it) never shows credentials
+    tls = parse_redis_url("rediss+sentinel://:pw@h:26379/m?db=7")
+    assert (tls.tls, tls.db, tls.username, tls.password) == (True, 7, None, "pw")
+    assert parse_redis_url("redis+sentinel://h:1/m").password is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://h1:26379,h2:26379/",  # no service name
+        "redis+sentinel://h1:26379",
+        "redis+sentinel://h1:26379/my master",
+        "redis+sentinel://h1:26379/m/x",
+        "redis+sentinel://h1/m",  # no port
+        "redis+sentinel://h1:26379,/m",  # an empty host
+        "redis+sentinel://h1:26379,h2:99999/m",
+        "redis+sentinel://h1:26379,u:p@h2:26379/m",  # credentials belong before the first host
+        "redis+sentinel://h1:26379/m?db=x",
+        "redis+sentinel://h1:26379/m?db=1&db=2",
+        "redis+sentinel://h1:26379/m?socket_timeout=30",  # timeouts are memsdk's
+        "redis+sentinel://h1:26379/m?db",
+        "redis+sentinel://h1:26379/m#frag",
+        "redis+sentinel+cluster://h1:26379/m",
+        "sentinel://h1:26379/m",
+    ],
+)
+def test_bad_sentinel_urls_raise_config_error(url: str) -> None:
+    with pytest.raises(ConfigError, match="redis_url"):
+        Config(redis_url=url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://:s3cr3t@h1:26379,h2:bad/m",
+        "redis+sentinel://user:s3cr3t@h1:26379/m?db=x",
+        "redis+sentinel://user:s3cr3t@h1:26379/",
+        "rediss+sentinel://user:s3cr3t@h1/m",
+        "redis://user:s3cr3t@h:6379/0?x=1",
+        "redis://user:s3cr3t@h:bad",
+    ],
+)
+def test_redis_url_errors_never_echo_the_password(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Config(redis_url=url)
+    assert "s3cr3t" not in str(info.value)
+
+
+def test_the_redis_password_stays_out_of_the_config_repr() -> None:
+    config = Config(redis_url="redis+sentinel://app:s3cr3t@h1:26379,h2:26379/m")
+    assert "s3cr3t" not in repr(config) and "s3cr3t" not in str(config)
+    assert config.redis_url is not None and "s3cr3t" in config.redis_url
 
 
 def test_from_env() -> None:

@@ -305,7 +305,7 @@ def test_every_instrument_is_documented_and_every_documented_one_exists(
         telemetry.retry("sent")
         telemetry.retry("refused_budget")
     telemetry.cache_lookup("l1", "hit")
-    telemetry.redis_bypassed("GET")
+    telemetry.redis_bypassed("get")
     telemetry.breaker_changed("store", "closed", "open")
     telemetry.degraded("breaker_open")
     telemetry.context_lost("load_context")
