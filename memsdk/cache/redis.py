@@ -273,8 +273,8 @@ class RedisMetaCache:
         self._budget = self._connect_timeout + self._timeout
         self._client: Redis | RedisCluster | None = None
         self._sentinel: _SharedLookupSentinel | None = None
-        # The cluster slot map we last saw (see _reap_orphans).
-        self._slots_seen: dict[int, list[ClusterNode]] | None = None
+        # Cluster nodes of slot maps redis-py dropped, to close (see _track_dropped_slot_maps).
+        self._dropped_nodes: list[ClusterNode] = []
         self._log = RateLimitedLog(_log)
         self._hits = self._misses = self._errors = self._writes = self._refused = 0
         self._previous_epoch = 0
@@ -323,6 +323,7 @@ class RedisMetaCache:
                 host=host, port=port, reinitialize_steps=0, **credentials, **settings
             )
             cluster.commands_parser = _CommandTableOnce()
+            _track_dropped_slot_maps(cluster, self._dropped_nodes)
             return cluster
         if spec.topology == "sentinel":
             assert spec.service_name is not None
@@ -358,14 +359,12 @@ class RedisMetaCache:
     async def aclose(self) -> None:
         """Close the client and its connections; idempotent."""
         client, self._client = self._client, None
-        seen, self._slots_seen = self._slots_seen, None
         if client is None:
             return
         if isinstance(client, RedisCluster):
-            # Also the nodes that only the slot maps hold (see _reap_orphans).
-            nodes = {id(n): n for n in _cluster_nodes(client)}
-            for node_list in (seen or {}).values():
-                nodes.update((id(n), n) for n in node_list)
+            # Also the nodes of dropped slot maps not reaped yet (see _reap_orphans).
+            nodes = {id(n): n for n in [*_cluster_nodes(client), *self._dropped_nodes]}
+            self._dropped_nodes.clear()
             await _disconnect_nodes(list(nodes.values()), None)
         await _close_quietly(client, None)
         sentinel, self._sentinel = self._sentinel, None
@@ -559,17 +558,16 @@ class RedisMetaCache:
         # redis-py 7.4's async cluster client fills a refreshed slot map with new
         # ClusterNode objects but keeps the old ones in nodes_cache, which is all that
         # aclose() closes: the previous slot map's nodes and their sockets are orphaned
-        # (fixed upstream by redis-py#4057). Close them when the slot map is replaced.
-        if not isinstance(client, RedisCluster):
+        # (fixed upstream by redis-py#4057). Every slot map it drops is handed to us (two
+        # may be dropped between two of our calls); close what no current map uses.
+        if not isinstance(client, RedisCluster) or not self._dropped_nodes:
             return
-        slots = client.nodes_manager.slots_cache
-        old, self._slots_seen = self._slots_seen, slots
-        if old is None or old is slots:
-            return
+        dropped = {id(n): n for n in self._dropped_nodes}
+        self._dropped_nodes.clear()
         keep = {id(node) for node in _cluster_nodes(client)}
-        orphans = {id(n): n for nodes in old.values() for n in nodes if id(n) not in keep}
+        orphans = [n for key, n in dropped.items() if key not in keep]
         if orphans:
-            await _disconnect_nodes(list(orphans.values()), self._budget)
+            await _disconnect_nodes(orphans, self._budget)
 
     def _fail_get(self, kind: str, exc: BaseException | None) -> None:
         self._misses += 1
@@ -626,6 +624,36 @@ def _kind(exc: BaseException) -> str:
         # Our deadline (the builtin) or a socket timeout (redis-py's own class): one kind.
         return "timeout"
     return type(exc).__name__ if isinstance(exc, RedisError | OSError) else "unexpected_error"
+
+
+def _track_dropped_slot_maps(client: RedisCluster, dropped: list[ClusterNode]) -> None:
+    """Make the client's NodesManager append the nodes of every slot map it replaces.
+
+    NodesManager has __slots__, so its `slots_cache` slot is wrapped by a property in a
+    subclass with the same layout, and the instance's class is swapped for it. The nodes
+    are held here, strongly, until _reap_orphans closes them: left to the garbage
+    collector, a node with an open socket warns (ResourceWarning) and leaks it meanwhile.
+    """
+    manager = client.nodes_manager
+    base = type(manager)
+    member = base.__dict__["slots_cache"]  # the __slots__ descriptor
+
+    def get(self: Any) -> Any:
+        return member.__get__(self, base)
+
+    def set_(self: Any, new: Any) -> None:
+        try:
+            old = member.__get__(self, base)
+        except AttributeError:  # the first map, set in __init__
+            old = None
+        member.__set__(self, new)
+        if old is not None and old is not new:
+            # 16,384 slots share a handful of nodes: hand each one over once.
+            dropped.extend({id(node): node for nodes in old.values() for node in nodes}.values())
+
+    manager.__class__ = type(
+        "_TrackedNodesManager", (base,), {"__slots__": (), "slots_cache": property(get, set_)}
+    )
 
 
 def _cluster_nodes(client: RedisCluster) -> list[ClusterNode]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from redis.asyncio.cluster import RedisCluster
 
 from memsdk.cache.base import MetaCache, MetaCacheStats
 from memsdk.cache.redis import RedisMetaCache
@@ -663,3 +665,31 @@ async def test_cluster_reshard_under_load() -> None:
             assert stats.errors <= max(5, calls // 100), (calls, stats)
     finally:
         clu.stop()
+
+
+async def test_cluster_nodes_of_every_dropped_slot_map_are_closed(cluster: RedisCluster3) -> None:
+    """Two topology refreshes between two calls: the nodes of both old maps get closed.
+
+    redis-py builds new ClusterNode objects on every refresh and forgets the old ones, open
+    sockets and all; left to the garbage collector they warn (ResourceWarning) and hold
+    their sockets until then. memsdk closes every one it is handed.
+    """
+    sid = "orphans-1"
+    async with opened(cluster.url) as cache:
+        client = cache._client
+        assert isinstance(client, RedisCluster)
+        assert await cache.put(meta(sid, 1), now_s=NOW)  # connects through the first map
+        first = {id(n): n for nodes in client.nodes_manager.slots_cache.values() for n in nodes}
+        await client.nodes_manager.initialize()  # map 2 replaces map 1 ...
+        assert await cache.get(sid) == meta(sid, 1)  # ... and is used: its node connects
+        second = {id(n): n for nodes in client.nodes_manager.slots_cache.values() for n in nodes}
+        await client.nodes_manager.initialize()  # map 3, then map 4, with no call between
+        await client.nodes_manager.initialize()
+        assert await cache.get(sid) == meta(sid, 1)
+        current = {id(n) for n in client.nodes_manager.nodes_cache.values()}
+        current |= {id(n) for nodes in client.nodes_manager.slots_cache.values() for n in nodes}
+        dropped = [n for key, n in {**first, **second}.items() if key not in current]
+        assert dropped  # the refreshes really replaced node objects
+        for node in dropped:
+            assert not any(c.is_connected for c in node._connections), node
+    gc.collect()  # nothing left for the collector to warn about (warnings are errors here)
