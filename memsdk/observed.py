@@ -169,6 +169,8 @@ class RedisObserver:
         if outcome == "bypassed":
             telemetry.redis_bypassed(operation)
             return
+        if not telemetry.listening():
+            return  # nobody collects: do not even build the attributes
         telemetry.finished_dependency_call(
             "redis",
             command,

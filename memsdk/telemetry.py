@@ -66,11 +66,19 @@ _TURN_BUCKETS: Final = ((0, "0"), (1, "1"), (2, "2"), (5, "3-5"), (10, "6-10"), 
                         (50, "21-50"), (200, "51-200"))  # fmt: skip
 
 
-def _turns_bucket(turn_count: int) -> str:
+def _turns_label(turn_count: int) -> str:
     for bound, label in _TURN_BUCKETS:
         if turn_count <= bound:
             return label
     return "201+"
+
+
+# Every label up to the last bound, precomputed: a load pays a list index, not a loop.
+_TURN_LABELS: Final = tuple(_turns_label(n) for n in range(_TURN_BUCKETS[-1][0] + 1))
+
+
+def _turns_bucket(turn_count: int) -> str:
+    return _TURN_LABELS[turn_count] if 0 <= turn_count < len(_TURN_LABELS) else "201+"
 
 
 # Observable counters: name, unit, description. Each reports every live client's ints.
@@ -118,12 +126,14 @@ class TelemetrySnapshot:
 
 
 class _CallStats:
-    """Retries seen during one public call or dependency call (shared with child tasks)."""
+    """One public call or dependency call as its children see it (shared with child tasks):
+    the retries they made, and whether its span records (a sampled-out trace)."""
 
-    __slots__ = ("retries",)
+    __slots__ = ("recording", "retries")
 
-    def __init__(self) -> None:
+    def __init__(self, recording: bool) -> None:
         self.retries = 0
+        self.recording = recording
 
 
 # The innermost public operation and dependency call of the running task; asyncio copies
@@ -143,6 +153,7 @@ class Scope:
     __slots__ = (
         "_attrs",
         "_histogram",
+        "_pending",
         "_span",
         "_started",
         "_stats",
@@ -164,10 +175,13 @@ class Scope:
         self._attrs = attrs
         self._histogram = histogram
         self._var = var
-        self._stats = _CallStats()
+        self._stats = _CallStats(span is not None)
         self._started = 0.0
         self._tokens: tuple[contextvars.Token[_CallStats | None], _ContextToken | None] | None
         self._tokens = None
+        # Span attributes set during the call, given to the span in one call at its end:
+        # each set_attribute on an SDK span takes its lock and validates on its own.
+        self._pending: dict[str, Any] = {}
 
     @property
     def recording(self) -> bool:
@@ -177,20 +191,18 @@ class Scope:
     def identify(self, session_id: str | None, customer_id: str | None) -> None:
         """Add the identifying attributes the deployment allowed (none by default)."""
         if self._span is not None:
-            ids = self._telemetry.identity(session_id, customer_id)
-            if ids:
-                self._span.set_attributes(ids)
+            self._pending.update(self._telemetry.identity(session_id, customer_id))
 
     def set(self, key: str, value: Any) -> None:
         """Set a span attribute (no-op when not recording)."""
         if self._span is not None:
-            self._span.set_attribute(key, value)
+            self._pending[key] = value
 
     def set_metric_attribute(self, key: str, value: str | bool) -> None:
         """An attribute of the latency metric, and of the span: keep it low-cardinality."""
         self._attrs[key] = value
         if self._span is not None:
-            self._span.set_attribute(key, value)
+            self._pending[key] = value
 
     def __enter__(self) -> Scope:
         token = self._var.set(self._stats)
@@ -211,7 +223,9 @@ class Scope:
         span = self._span
         if span is not None:
             if self._stats.retries:
-                span.set_attribute("memsdk.retry_count", self._stats.retries)
+                self._pending["memsdk.retry_count"] = self._stats.retries
+            if self._pending:
+                span.set_attributes(self._pending)
             if exc is not None:
                 self._telemetry.fail_span(span, exc)
             span.end()
@@ -323,6 +337,19 @@ class Telemetry:
             self._check_listeners()
         return self._tracing_now
 
+    def listening(self) -> bool:
+        """True when an SDK collects spans or metrics (checked at most once a second)."""
+        return self.enabled and (self._tracing() or self._metering())
+
+    def _tracing_below(self) -> bool:
+        """Whether a child span could record: someone traces, and the public call this
+        child belongs to (if any) was not sampled out. A child of a sampled-out trace
+        would be sampled out too: building it only costs time."""
+        if not self._tracing():
+            return False
+        parent = _operation.get()
+        return parent is None or parent.recording
+
     def _metering(self) -> bool:
         """False while nobody collects metrics (the API's proxy or no-op meter provider)."""
         if time.monotonic() >= self._listeners_checked_until:
@@ -367,7 +394,7 @@ class Telemetry:
             return _UNRECORDED
         metric_attrs = {"db.system.name": system, "db.operation.name": operation}
         span: Span | None = None
-        if self._tracing():
+        if self._tracing_below():
             name = operation if target is None else f"{operation} {target}"
             span = self._tracer.start_span(
                 name, kind=SpanKind.CLIENT, attributes={**metric_attrs, **attributes}
@@ -396,7 +423,7 @@ class Telemetry:
             metric_attrs["error.type"] = error_type
         if self._metering():
             self.dependency_duration.record((ended_ns - started_ns) / 1e9, metric_attrs)
-        if not self._tracing():
+        if not self._tracing_below():
             return
         span = self._tracer.start_span(
             operation,
@@ -419,12 +446,17 @@ class Telemetry:
         with self._tracer.start_as_current_span(
             name, context=trace.set_span_in_context(trace.INVALID_SPAN), attributes=attributes
         ) as span:
+            # Background tasks inherit the context of whatever call started them (open()):
+            # this work is its own root, with its own children and retry count.
+            token = _operation.set(_CallStats(span.is_recording()))
             try:
                 yield
             except BaseException as exc:
                 if span.is_recording():
                     self.fail_span(span, exc)
                 raise
+            finally:
+                _operation.reset(token)
 
     def event(self, name: str, attributes: Mapping[str, Any] = _NO_ATTRIBUTES) -> None:
         """Add an event to the current span, if it records."""
