@@ -6,16 +6,16 @@ candidate):
 
 - **naive**: `store_max_attempts=5`, `retry_budget_ratio=1.0`,
   `retry_budget_min_per_second=1e6` (the budget never runs dry), `breaker_min_calls=1e6`
-  (the breaker never judges, so it never opens), `read_timeout=write_timeout=2.0`. What is
+  and `breaker_consecutive_failures=1e6` (the breaker never judges, so it never opens),
+  `read_timeout=write_timeout=2.0`. What is
   left is plain tenacity with 5 attempts and exponential backoff with full jitter, bounded
   by a 2 s deadline per call: the seed design's retry loop (retry every transient error up
   to N times, no budget shared between calls, no breaker), on memsdk's own data path so that
   both candidates send byte-identical requests when the store is healthy.
-- **memsdk**: defaults (2 attempts, a 10% retry budget, the store breaker, 0.3 s read and
-  1 s write deadlines) except a breaker scaled to a run of a few seconds: judged on 20 calls
-  over 2 s, open 1 s, at most 2 s (the defaults are 50 calls over 10 s, open 5 s up to 60 s:
-  an outage of a few seconds would end before they act). No WAL: appends are synchronous on
-  both sides, so both candidates do the same work and an append during the outage fails.
+- **memsdk**: its defaults (2 attempts, a 10% retry budget, the store breaker: open after 20
+  failures in a row, for 5 s doubling up to 15 s, cut short by the recovery probe once a
+  second; 0.3 s read and 1 s write deadlines). No WAL: appends are synchronous on both
+  sides, so both candidates do the same work and an append during the outage fails.
 
 Workload, per candidate: 32 sessions, each looping `load_context` + `append_turns` of a small
 user + assistant pair, 20 ms think time between messages. After a 0.5 s warm-up, three
@@ -106,22 +106,15 @@ def naive_config(store: str) -> Config:
         retry_budget_ratio=1.0,
         retry_budget_min_per_second=1e6,
         breaker_min_calls=1_000_000,
+        breaker_consecutive_failures=1_000_000,
         read_timeout=2.0,
         write_timeout=2.0,
     )
 
 
 def memsdk_config(store: str) -> Config:
-    """memsdk's defaults, the breaker scaled to a short run; no WAL."""
-    return Config(
-        store=store,
-        read_timeout=0.3,
-        write_timeout=1.0,
-        breaker_window=2.0,
-        breaker_min_calls=20,
-        breaker_open_seconds=1.0,
-        breaker_max_open_seconds=2.0,
-    )
+    """memsdk's defaults; no WAL."""
+    return Config(store=store)
 
 
 CONFIGS = {NAIVE: naive_config, MEMSDK: memsdk_config}
@@ -237,7 +230,11 @@ async def _warm_server(endpoint: str, rs: ResilienceSettings, progress: Progress
     stop = asyncio.Event()
     sink: list[Call] = []
     # core's generous timeouts, no breaker: a cold JVM's slow calls must not trip it.
-    config = generous_config(dynamodb_url(table, endpoint), breaker_min_calls=1_000_000)
+    config = generous_config(
+        dynamodb_url(table, endpoint),
+        breaker_min_calls=1_000_000,
+        breaker_consecutive_failures=1_000_000,
+    )
     async with MemoryClient(config) as mem:
         tasks = [
             asyncio.create_task(_session_loop(mem, f"warm-s{i:02d}", rs, stop, sink))
@@ -497,12 +494,12 @@ async def run_resilience(
         f"proxy), {rs.after_s:g} s healthy again; {rs.rounds} round(s), candidates one after "
         "the other (order rotating), each on its own table and its own proxy",
         "naive = memsdk with store_max_attempts=5, retry_budget_ratio=1.0, "
-        "retry_budget_min_per_second=1e6, breaker_min_calls=1e6, 2 s deadlines: plain "
-        "tenacity with 5 attempts, no budget, no breaker (the seed design's retry loop)",
-        "memsdk = defaults (2 attempts, 10% retry budget, breaker), read_timeout 0.3 s, "
-        "write_timeout 1 s, no WAL; the breaker is scaled to a short run: breaker_window=2.0, "
-        "breaker_min_calls=20, breaker_open_seconds=1.0, breaker_max_open_seconds=2.0 "
-        "(defaults 10 s / 50 / 5 s / 60 s)",
+        "retry_budget_min_per_second=1e6, breaker_min_calls=1e6, "
+        "breaker_consecutive_failures=1e6, 2 s deadlines: plain tenacity with 5 attempts, no "
+        "budget, no breaker (the seed design's retry loop)",
+        "memsdk = its defaults (2 attempts, 10% retry budget, breaker opening after 20 "
+        "failures in a row, recovery probe every second), read_timeout 0.3 s, write_timeout "
+        "1 s, no WAL",
         "amplification = store requests during the outage / (calls started during the outage "
         "x store requests per call when healthy); CI resamples 0.5 s bins. p99 CI resamples "
         "calls; the recovery 'CI' is the range of per-run ratios. Failed calls and degraded "
@@ -511,10 +508,9 @@ async def run_resilience(
         "calls during the outage than the naive client; amplification is per offered call, "
         "the store request rates below are per second",
         f"recovery = from the outage's end until {RECOVERY_STREAK} consecutive calls (in "
-        "completion order) succeed, loads non-degraded; memsdk's is bounded by the breaker's "
-        "open period at the end of the outage (here at most breaker_max_open_seconds=2 s; "
-        "with the default 60 s a long outage can keep it open up to a minute after the store "
-        "is back), the naive client retries into the recovered store at once",
+        "completion order) succeed, loads non-degraded; memsdk's waits for its recovery probe "
+        "(one read a second while the breaker is open) and three half-open probes, the naive "
+        "client retries into the recovered store at once",
     ]
     for name, c in candidates.items():
         lat = c["outage_latency_ms"]
