@@ -34,7 +34,7 @@ from memsdk.guard import GuardedStore, RetryGateWhileClosed
 from memsdk.ids import TurnIdGenerator
 from memsdk.logs import RateLimitedLog
 from memsdk.models import AppendReceipt, Context, Health, Meta, Summary, Turn
-from memsdk.observed import ObservedDataPath, ObservedStore, RedisObserver, server_attributes
+from memsdk.observed import ObservedDataPath, ObservedStore, RedisObserver
 from memsdk.resilience.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from memsdk.resilience.budget import RetryBudget
 from memsdk.resilience.bulkhead import Bulkhead
@@ -170,6 +170,16 @@ def breaker_policy(config: Config, *, slow_call_s: float | None = None) -> Break
     )
 
 
+def _redis_server_attributes(config: Config) -> dict[str, Any]:
+    """`server.address`/`server.port` of the Redis a Config names; none behind Sentinel
+    (the primary is whichever node the Sentinels name at the time)."""
+    spec = config.redis_spec
+    if spec is None or spec.topology == "sentinel":
+        return {}
+    host, port = spec.nodes[0]
+    return {"server.address": host, "server.port": port}
+
+
 def build_meta_cache(
     config: Config, breaker: CircuitBreaker | None = None, telemetry: Telemetry | None = None
 ) -> MetaCache | None:
@@ -189,7 +199,7 @@ def build_meta_cache(
         observer=(
             None
             if telemetry is None
-            else RedisObserver(telemetry, server_attributes(config.redis_url, 6379))
+            else RedisObserver(telemetry, _redis_server_attributes(config))
         ),
     )
 

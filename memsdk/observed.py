@@ -32,9 +32,13 @@ def server_attributes(url: str | None, default_port: int | None = None) -> dict[
         return {}
     parts = urlsplit(url)
     attrs: dict[str, Any] = {}
+    try:
+        explicit = parts.port
+    except ValueError:  # not one host:port (a list of nodes): no single server to name
+        return {}
     if parts.hostname:
         attrs["server.address"] = parts.hostname
-    port = parts.port or default_port or {"https": 443, "http": 80}.get(parts.scheme)
+    port = explicit or default_port or {"https": 443, "http": 80}.get(parts.scheme)
     if port is not None:
         attrs["server.port"] = port
     return attrs

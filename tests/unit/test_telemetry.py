@@ -314,3 +314,18 @@ def test_every_instrument_is_documented_and_every_documented_one_exists(
     telemetry.loaded_turn_count(1)
     exported = {p.name for p in otel.points()}
     assert exported == documented
+
+
+def test_server_attributes_name_one_server_or_none() -> None:
+    from memsdk.observed import server_attributes
+
+    assert server_attributes("https://dynamodb.eu-west-1.amazonaws.com") == {
+        "server.address": "dynamodb.eu-west-1.amazonaws.com",
+        "server.port": 443,
+    }
+    assert server_attributes("redis://:secret@10.0.0.5/0", 6379) == {
+        "server.address": "10.0.0.5",
+        "server.port": 6379,
+    }
+    # A list of nodes (Sentinels) names no single server; never the password either way.
+    assert server_attributes("redis+sentinel://:pw@h1:1,h2:2/mymaster") == {}
