@@ -25,6 +25,7 @@ from memsdk.errors import (
     ConfigError,
     ContextLostError,
     InvalidInputError,
+    InvalidTurnError,
     MemsdkError,
     SessionOwnershipError,
     StoreError,
@@ -1143,10 +1144,11 @@ class MemoryClient:
                 for _ in range(_MAX_COMMIT_ROUNDS):
                     try:
                         write = plan(current, self._clock.time_ms())
-                    except (SessionOwnershipError, ContextLostError):
+                    except (SessionOwnershipError, ContextLostError, InvalidTurnError):
                         if fresh:
                             raise
-                        # The verdict came from a cached hint: confirm it with the store.
+                        # The verdict came from a cached hint (e.g. a summary through a turn
+                        # another process appended since): confirm it with the store.
                         current, fresh = (
                             await self._store.get_meta(session_id, consistent=True),
                             True,

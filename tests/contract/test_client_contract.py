@@ -347,6 +347,17 @@ async def test_put_summary_errors(mem: MemoryClient) -> None:
     assert (await mem.load_context("sess-sum2")).summary is None
 
 
+async def test_summary_through_a_turn_another_client_appended(make_client: ClientFactory) -> None:
+    """Found by tests/property: a stale META hint made put_summary refuse a real turn id."""
+    a = await make_client()
+    b = await make_client()
+    await a.append_turn("sess-sum4", user("a"))  # a's hint: META with only its own turn
+    r = await b.append_turn("sess-sum4", bot("b"))
+    summary = await a.put_summary("sess-sum4", "through b", through_turn_id=r.turn_ids[0])
+    assert summary.through_turn_id == r.turn_ids[0]
+    assert (await b.load_context("sess-sum4")).summary == summary
+
+
 async def test_summary_of_old_incarnation_is_gone(mem: MemoryClient, clock: FakeClock) -> None:
     r = await mem.append_turn("sess-sum3", user("a"))
     await mem.put_summary("sess-sum3", "old summary", through_turn_id=r.turn_ids[0])
