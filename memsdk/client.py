@@ -682,11 +682,19 @@ class MemoryClient:
                 # The tombstone goes to Redis before the purge: other processes see the
                 # session absent from now on, and no stale fill can revive it.
                 await self._write_through(write.meta)
-                await self._store.purge_session(
-                    session_id,
-                    through_turn_id=rules.high_water(write.meta),
-                    version=write.meta.version,
-                )
+                try:
+                    await self._store.purge_session(
+                        session_id,
+                        through_turn_id=rules.high_water(write.meta),
+                        version=write.meta.version,
+                    )
+                except StoreUnavailableError as exc:
+                    raise StoreUnavailableError(
+                        "delete_session hid the session but could not remove its items; "
+                        "call it again",
+                        session_id=session_id,
+                        maybe_applied=True,
+                    ) from exc
                 return
             current = await self._current_after_conflict(session_id, outcome.current)
         raise StoreUnavailableError(

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from memsdk import MemoryClient, Turn, errors
 from memsdk.client import build_store
 from memsdk.config import Config
-from memsdk.testing import CountingStore, FakeClock
+from memsdk.testing import CountingStore, FakeClock, FaultyStore
 from tests.conftest import TEST_TIMEOUTS, ClientFactory
 
 pytestmark = pytest.mark.asyncio
@@ -378,6 +378,26 @@ async def test_delete_session(mem: MemoryClient) -> None:
     assert [t.content for t in ctx.turns] == ["again"] and ctx.summary is None
     assert ctx.meta is not None and ctx.meta.turn_count == 1
     assert [t.content for t in (await mem.load_context("sess-keep")).turns] == ["other"]
+
+
+class PurgeFails(FaultyStore):
+    """The tombstone commit lands; the purge after it fails (an outage in between)."""
+
+    async def purge_session(self, session_id: str, *, through_turn_id: str, version: int) -> None:
+        raise errors.StoreUnavailableError("purge failed (test)", session_id=session_id)
+
+
+async def test_delete_whose_purge_fails_says_it_may_have_applied(
+    make_client: ClientFactory, store_settings: dict[str, Any]
+) -> None:
+    """Found by tests/property: the session was gone, yet the error said nothing was done."""
+    store = PurgeFails(build_store(Config(**store_settings)))
+    mem = await make_client(store=store)
+    await mem.append_turn("sess-del-purge", user("a"))
+    with pytest.raises(errors.StoreUnavailableError) as raised:
+        await mem.delete_session("sess-del-purge")
+    assert raised.value.maybe_applied
+    assert (await mem.load_context("sess-del-purge")).meta is None  # hidden: it did apply
 
 
 async def test_delete_removes_items_from_the_store(
