@@ -463,8 +463,9 @@ class MemoryClient:
             page = await self._store.query_turns(
                 session_id, before_turn_id=None, limit=last_n, consistent=strong
             )
-        if not strong and meta.last_turn_id and (not page or page[0].turn_id < meta.last_turn_id):
-            # An eventually consistent Query lagged behind the trusted META: read again.
+        if meta.last_turn_id and (not page or page[0].turn_id < meta.last_turn_id):
+            # The Query lagged behind the trusted META (eventually consistent, or a commit
+            # landed between the two reads, which even strong reads race with): read again.
             page = await self._store.query_turns(
                 session_id, before_turn_id=None, limit=last_n, consistent=True
             )

@@ -466,6 +466,46 @@ async def test_concurrent_writers_keep_both_sets(make_client: ClientFactory) -> 
     assert ctx.meta is not None and ctx.meta.turn_count == 16
 
 
+class CommitBetweenQueryAndMeta(CountingStore):
+    """A reader's store: another client commits after the Query answered, before GetItem."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.queried = asyncio.Event()
+        self.between: Any = None  # an async callable run once between the two reads
+
+    async def query_turns(
+        self, session_id: str, *, before_turn_id: str | None, limit: int, consistent: bool
+    ) -> Any:
+        turns = await super().query_turns(
+            session_id, before_turn_id=before_turn_id, limit=limit, consistent=consistent
+        )
+        self.queried.set()
+        return turns
+
+    async def get_meta(self, session_id: str, *, consistent: bool) -> Any:
+        if self.between is not None:
+            between, self.between = self.between, None
+            await self.queried.wait()
+            await between()
+        return await super().get_meta(session_id, consistent=consistent)
+
+
+@pytest.mark.parametrize("consistency", ["strong", "validated"])
+async def test_a_commit_between_the_two_reads_never_tears_the_answer(
+    make_client: ClientFactory, store_settings: dict[str, Any], consistency: str
+) -> None:
+    """Found by tests/property: META newer than the turns read beside it, in strong mode."""
+    writer = await make_client()
+    store = CommitBetweenQueryAndMeta(build_store(Config(**store_settings)))
+    reader = await make_client(store=store, consistency=consistency, l1_max_bytes=0)
+    await writer.append_turn("sess-tear", user("a"))
+    store.between = lambda: writer.append_turn("sess-tear", user("b"))
+    ctx = await reader.load_context("sess-tear")
+    assert ctx.meta is not None and ctx.meta.turn_count == 2
+    assert [t.content for t in ctx.turns] == ["a", "b"]
+
+
 async def test_closed_client_raises(make_client: ClientFactory) -> None:
     mem = await make_client()
     await mem.aclose()
