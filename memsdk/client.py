@@ -1026,15 +1026,19 @@ class MemoryClient:
         if len(self._meta_hints) > _MAX_META_HINTS:
             self._meta_hints.popitem(last=False)
 
-    def _forget_if_trusted(self, session_id: str) -> None:
-        """After a write that may have landed unseen: drop L1 where reads trust it unchecked.
+    async def _forget_if_trusted(self, session_id: str) -> None:
+        """After a write that may have landed unseen: drop what reads would trust unchecked.
 
         Validated and strong reads compare L1 with the store's META before using it, so a
         landed write makes L1 miss, never lie; and while the store is down, L1 is what
         stateless answers are made of. Sticky reads serve L1 as is: there it must go.
+        Redis is what validated reads check L1 against, and a landed write never wrote
+        its META through: drop the key (now, so the caller's next read cannot beat it).
         """
         if self._config.consistency == "sticky":
             self._forget(session_id)
+        if self._l2 is not None and not await self._l2.invalidate(session_id):
+            self._spawn(self._repair_l2(session_id))
 
     def _forget(self, session_id: str) -> None:
         self._l1.pop(session_id)
@@ -1184,7 +1188,7 @@ class MemoryClient:
                     self._remember(session_id, current)
         except TimeoutError as exc:
             if sent:
-                self._forget_if_trusted(session_id)
+                await self._forget_if_trusted(session_id)
             raise StoreUnavailableError(
                 f"{operation} exceeded write_timeout={self._config.write_timeout}s"
                 + (
@@ -1195,7 +1199,7 @@ class MemoryClient:
             ) from exc
         except StoreUnavailableError as exc:
             if exc.maybe_applied:
-                self._forget_if_trusted(session_id)
+                await self._forget_if_trusted(session_id)
             raise
         raise StoreUnavailableError(
             f"{operation} lost the race to concurrent writers {_MAX_COMMIT_ROUNDS} times; retry",
