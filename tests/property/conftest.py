@@ -45,6 +45,13 @@ settings.register_profile(
     **_COMMON,
 )
 settings.register_profile("long", max_examples=1, **_COMMON)
+# For working on the machine itself: find, do not shrink (shrinking I/O examples is slow).
+settings.register_profile(
+    "noshrink",
+    max_examples=1,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    **_COMMON,
+)
 settings.register_profile(
     "replay", phases=[Phase.explicit, Phase.reuse], verbosity=Verbosity.verbose, **_COMMON
 )
@@ -54,6 +61,7 @@ PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 _SIZES = {
     "ci": {"machine_sqlite": (40, 30), "machine_dynamodb": (12, 25), "fuzz": (60, 0)},
     "long": {"machine_sqlite": (1000, 60), "machine_dynamodb": (300, 50), "fuzz": (2000, 0)},
+    "noshrink": {"machine_sqlite": (40, 30), "machine_dynamodb": (12, 25), "fuzz": (60, 0)},
     "replay": {"machine_sqlite": (1, 30), "machine_dynamodb": (1, 25), "fuzz": (1, 0)},
 }
 

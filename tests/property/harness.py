@@ -11,6 +11,7 @@ import asyncio
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -146,7 +147,8 @@ class Env:
     proxied_url: str | None = None  # dynamodb: through the fault proxy
     proxy: FaultProxy | None = None
     examples: int = 0
-    faulty: list[FaultyStore] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    first_failure: str | None = None  # "example N after S s": how fast a bug was found
 
     def run(self, coro: Any) -> Any:
         """Run a coroutine on the machine's loop."""
