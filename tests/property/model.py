@@ -54,6 +54,7 @@ class Op:
     summary: tuple[str, str] | None = None  # (through_turn_id, text)
     decided: bool | None = None  # for maybe: None = unknown, else in or out
     wal: bool = False  # acknowledged by a write-ahead log
+    orphaned: bool = False  # pending elsewhere when the session was deleted
 
 
 @dataclass
@@ -119,13 +120,23 @@ class SessionModel:
         for op in self.pending_of(slot):
             op.status = "durable"
 
-    def deleted(self, slot: int, time_s: int) -> None:
-        """A delete by `slot`: it drained its own pending first; others' become orphans."""
+    def deleted(self, slot: int, time_s: int, *, orphans_may_land: bool) -> None:
+        """A delete by `slot`: it drained its own pending first; others' become orphans.
+
+        Documented: an orphan is never written into a later incarnation. Known bug (see
+        docs/guarantees.md): it may be, when its id sorts above the deleted incarnation.
+        With `orphans_may_land` the model allows that: each orphan is a maybe after the
+        delete (its owner's overlay may show it until its flusher has dealt with it).
+        """
         self.flushed(slot)
-        for op in self.ops:
-            if op.status == "pending":
-                op.status = "orphan"
+        orphans = [op for op in self.ops if op.status == "pending"]
+        for op in orphans:
+            op.status = "orphan"
         self.add(Op("delete", slot, "durable", time_s))
+        if orphans_may_land:
+            for op in orphans:
+                self.ops.remove(op)
+                self.add(replace(op, status="maybe", decided=None, orphaned=True))
 
     # ------------------------------------------------------------------ worlds
 
@@ -183,12 +194,18 @@ class SessionModel:
         w.turns.sort(key=lambda t: t.turn_id)
         return w
 
-    def narrow(self, matching: list[Choice]) -> None:
-        """Keep what every world matching an observation agrees on."""
+    def narrow(self, matching: list[Choice], viewer: int | None) -> None:
+        """Keep what every world matching an observation agrees on.
+
+        An orphan is only ever decided "in", by a read of the store itself: its owner's
+        overlay shows it while pending, and its flusher may still write it later.
+        """
         if not matching:
             return
         for i in self._unknown_maybes():
             values = {c.maybes[i] for c in matching}
+            if self.ops[i].orphaned and (viewer is not None or values != {True}):
+                continue
             if len(values) == 1:
                 self.ops[i].decided = values.pop()
                 if self.ops[i].decided:
