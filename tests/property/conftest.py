@@ -59,9 +59,9 @@ PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 
 # Per-profile sizes: (examples, steps per example) for each test kind.
 _SIZES = {
-    "ci": {"machine_sqlite": (40, 30), "machine_dynamodb": (12, 25), "fuzz": (60, 0)},
+    "ci": {"machine_sqlite": (40, 30), "machine_dynamodb": (8, 20), "fuzz": (40, 0)},
     "long": {"machine_sqlite": (1000, 60), "machine_dynamodb": (300, 50), "fuzz": (2000, 0)},
-    "noshrink": {"machine_sqlite": (40, 30), "machine_dynamodb": (12, 25), "fuzz": (60, 0)},
+    "noshrink": {"machine_sqlite": (40, 30), "machine_dynamodb": (8, 20), "fuzz": (40, 0)},
     "replay": {"machine_sqlite": (1, 30), "machine_dynamodb": (1, 25), "fuzz": (1, 0)},
 }
 

@@ -11,6 +11,7 @@ the client's own answer, with exactly the allowances the docs give (see docs/gua
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from typing import Any
@@ -31,6 +32,8 @@ SESSIONS = 3
 FLUSH_TIMEOUT_S = 30.0
 # The breaker's window (2 s) plus its longest open period (0.4 s) plus slack for a busy box.
 RECENT_OUTAGE_S = 4.0
+# Every call of the machine returns well within this (flushes wait at most 30 s).
+CALL_DEADLINE_S = 60.0
 # Content suffixes: multi-byte UTF-8 in every append (the fuzz tests go much further).
 SUFFIXES = ["", " é", " 日本語", " 🎉", " \u200b", " a\nb"]
 # An append never starts with a tool turn, so no session does: a window that starts at a
@@ -79,7 +82,8 @@ class MemoryMachine(RuleBasedStateMachine):
     def run(self, coro: Any) -> Any:
         started = time.monotonic()
         try:
-            return self.env.run(coro)
+            # A call that hangs is a failure to report, not a CI run that never ends.
+            return self.env.run(asyncio.wait_for(coro, CALL_DEADLINE_S))
         finally:
             self.last_call_s = time.monotonic() - started
 
@@ -98,8 +102,15 @@ class MemoryMachine(RuleBasedStateMachine):
     def full_read(self, sid: str) -> Context:
         """The verifier's read of the whole session, straight from the store."""
         assert self.verifier is not None
-        ctx = self.run(self.verifier.load_context(sid, last_n=10_000))
-        assert not ctx.degraded, "the verifier reads the store directly: never degraded"
+        for _ in range(5):
+            ctx = self.run(self.verifier.load_context(sid, last_n=10_000))
+            assert not ctx.degraded, "the verifier reads the store directly: never degraded"
+            # Known issue (docs/guarantees.md): a flush landing between the Query and the
+            # GetItem with turns below the newest id tears even a strong read. The whole
+            # session was read, so a count that disagrees shows it: read again.
+            if ctx.meta is None or ctx.meta.turn_count == len(ctx.turns):
+                break
+            event("verifier: torn read, read again")
         return ctx
 
     def resolve_maybe(self, sid: str, op: Op) -> None:
@@ -433,6 +444,13 @@ class MemoryMachine(RuleBasedStateMachine):
     @rule(action=st.sampled_from(["flushall", "kill", "restart"]))
     def redis(self, action: str) -> None:
         server = self.env.redis
+        if KNOWN_BUG_GUARDS:
+            # Known issue (docs/guarantees.md): a read-through fill of an older META still
+            # in flight when Redis loses the key lands afterwards and is trusted. Let the
+            # clients' background cache work finish first.
+            for client in self.clients.values():
+                if client._background:
+                    self.run(asyncio.wait(list(client._background), timeout=0.2))
         if action == "flushall" and server.running:
             server.command("FLUSHALL")
         elif action == "kill" and server.running:
