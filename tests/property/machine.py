@@ -146,7 +146,9 @@ class MemoryMachine(RuleBasedStateMachine):
             model.ever[t.turn_id] = t
         event(f"maybe-applied {op.kind}: {'landed' if landed else 'not applied'}")
 
-    def check_answer(self, slot: int, sid: str, ctx: Context, n: int, breaker: str) -> None:
+    def check_answer(
+        self, slot: int, sid: str, ctx: Context, n: int, breaker: str, retry: bool = False
+    ) -> None:
         """Check one client's load_context answer against the model."""
         model = self.model[sid]
         now = self.now_s
@@ -188,8 +190,27 @@ class MemoryMachine(RuleBasedStateMachine):
             worlds.append(world)
             if _matches(world, ctx, n, now):
                 matching.append(choice)
+        if not matching and retry:
+            raise _Torn
         assert matching, _mismatch(ctx, worlds, n, now)
         model.narrow(matching, slot)
+
+    def load_and_check(self, slot: int, sid: str, last_n: int | None) -> None:
+        """Load through a client and check the answer; a mismatch is read once more.
+
+        Known issue (docs/guarantees.md): a flush that commits turns below the newest id
+        between a read's Query and its GetItem tears the answer. One re-read tells that
+        race from a wrong answer; the second answer is checked strictly.
+        """
+        client = self.clients[slot]
+        for retry in (KNOWN_BUG_GUARDS, False):
+            breaker = self.breaker(slot)
+            ctx = self.run(client.load_context(sid, last_n=last_n))
+            try:
+                self.check_answer(slot, sid, ctx, last_n or LAST_N, breaker, retry=retry)
+                return
+            except _Torn:
+                event("torn read, read again")
 
     def _check_contains(self, ctx: Context, turns: list[MTurn], what: str) -> None:
         shown = {t.turn_id for t in ctx.turns}
@@ -304,10 +325,7 @@ class MemoryMachine(RuleBasedStateMachine):
     @rule(slot=slots, s=sessions, last_n=st.sampled_from([None, 1, 3, 12]))
     def load(self, slot: int, s: int, last_n: int | None) -> None:
         self.touched = s
-        sid, client = self.sids[s], self.clients[slot]
-        breaker = self.breaker(slot)
-        ctx = self.run(client.load_context(sid, last_n=last_n))
-        self.check_answer(slot, sid, ctx, last_n or LAST_N, breaker)
+        self.load_and_check(slot, self.sids[s], last_n)
 
     @rule(
         slot=slots,
@@ -500,10 +518,8 @@ class MemoryMachine(RuleBasedStateMachine):
             return
         sid = self.sids[self.touched]
         self.touched = None
-        for slot, client in self.clients.items():
-            breaker = self.breaker(slot)
-            ctx = self.run(client.load_context(sid))
-            self.check_answer(slot, sid, ctx, LAST_N, breaker)
+        for slot in self.clients:
+            self.load_and_check(slot, sid, None)
 
     @invariant()
     def resources_bounded(self) -> None:
@@ -543,6 +559,10 @@ class MemoryMachine(RuleBasedStateMachine):
             if self.env.kind == "dynamodb":
                 self.ex.set_outage(None)
             self.ex.cleanup()
+
+
+class _Torn(Exception):
+    """An answer matched no world and may be re-read once (see load_and_check)."""
 
 
 def _mturns(turns: list[Turn], ids: list[str] | None) -> tuple[MTurn, ...]:
