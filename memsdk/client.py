@@ -25,6 +25,7 @@ from memsdk.errors import (
     ConfigError,
     ContextLostError,
     InvalidInputError,
+    InvalidTurnError,
     MemsdkError,
     SessionOwnershipError,
     StoreError,
@@ -616,8 +617,9 @@ class MemoryClient:
             page = await self._store.query_turns(
                 session_id, before_turn_id=None, limit=last_n, consistent=strong
             )
-        if not strong and meta.last_turn_id and (not page or page[0].turn_id < meta.last_turn_id):
-            # An eventually consistent Query lagged behind the trusted META: read again.
+        if meta.last_turn_id and (not page or page[0].turn_id < meta.last_turn_id):
+            # The Query lagged behind the trusted META (eventually consistent, or a commit
+            # landed between the two reads, which even strong reads race with): read again.
             page = await self._store.query_turns(
                 session_id, before_turn_id=None, limit=last_n, consistent=True
             )
@@ -887,11 +889,19 @@ class MemoryClient:
                 # The tombstone goes to Redis before the purge: other processes see the
                 # session absent from now on, and no stale fill can revive it.
                 await self._write_through(write.meta)
-                await self._store.purge_session(
-                    session_id,
-                    through_turn_id=rules.high_water(write.meta),
-                    version=write.meta.version,
-                )
+                try:
+                    await self._store.purge_session(
+                        session_id,
+                        through_turn_id=rules.high_water(write.meta),
+                        version=write.meta.version,
+                    )
+                except StoreUnavailableError as exc:
+                    raise StoreUnavailableError(
+                        "delete_session hid the session but could not remove its items; "
+                        "call it again",
+                        session_id=session_id,
+                        maybe_applied=True,
+                    ) from exc
                 return
             current = await self._current_after_conflict(session_id, outcome.current)
         raise StoreUnavailableError(
@@ -1263,15 +1273,19 @@ class MemoryClient:
         if len(self._meta_hints) > _MAX_META_HINTS:
             self._meta_hints.popitem(last=False)
 
-    def _forget_if_trusted(self, session_id: str) -> None:
-        """After a write that may have landed unseen: drop L1 where reads trust it unchecked.
+    async def _forget_if_trusted(self, session_id: str) -> None:
+        """After a write that may have landed unseen: drop what reads would trust unchecked.
 
         Validated and strong reads compare L1 with the store's META before using it, so a
         landed write makes L1 miss, never lie; and while the store is down, L1 is what
         stateless answers are made of. Sticky reads serve L1 as is: there it must go.
+        Redis is what validated reads check L1 against, and a landed write never wrote
+        its META through: drop the key (now, so the caller's next read cannot beat it).
         """
         if self._config.consistency == "sticky":
             self._forget(session_id)
+        if self._l2 is not None and not await self._l2.invalidate(session_id):
+            self._spawn(self._repair_l2(session_id))
 
     def _forget(self, session_id: str) -> None:
         self._l1.pop(session_id)
@@ -1392,10 +1406,11 @@ class MemoryClient:
                 for _ in range(_MAX_COMMIT_ROUNDS):
                     try:
                         write = plan(current, self._clock.time_ms())
-                    except (SessionOwnershipError, ContextLostError):
+                    except (SessionOwnershipError, ContextLostError, InvalidTurnError):
                         if fresh:
                             raise
-                        # The verdict came from a cached hint: confirm it with the store.
+                        # The verdict came from a cached hint (e.g. a summary through a turn
+                        # another process appended since): confirm it with the store.
                         current, fresh = (
                             await self._store.get_meta(session_id, consistent=True),
                             True,
@@ -1422,7 +1437,7 @@ class MemoryClient:
                     self._remember(session_id, current)
         except TimeoutError as exc:
             if sent:
-                self._forget_if_trusted(session_id)
+                await self._forget_if_trusted(session_id)
             raise StoreUnavailableError(
                 f"{operation} exceeded write_timeout={self._config.write_timeout}s"
                 + (
@@ -1433,7 +1448,7 @@ class MemoryClient:
             ) from exc
         except StoreUnavailableError as exc:
             if exc.maybe_applied:
-                self._forget_if_trusted(session_id)
+                await self._forget_if_trusted(session_id)
             raise
         raise StoreUnavailableError(
             f"{operation} lost the race to concurrent writers {_MAX_COMMIT_ROUNDS} times; retry",

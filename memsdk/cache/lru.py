@@ -42,10 +42,15 @@ class CachedWindow(msgspec.Struct, frozen=True, kw_only=True):
     size: int = 0
 
     def same_stamp(self, meta: MetaRecord) -> bool:
-        """True when this entry's turns are exactly the turns `meta` describes."""
+        """True when this entry's turns are exactly the turns `meta` describes.
+
+        The count too: a buffered turn from a writer whose clock is behind can land below
+        the newest id, leaving `last_turn_id` as it was.
+        """
         return (
             self.meta.floor_turn_id == meta.floor_turn_id
             and self.meta.last_turn_id == meta.last_turn_id
+            and self.meta.turn_count == meta.turn_count
         )
 
 

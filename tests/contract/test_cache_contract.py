@@ -6,6 +6,7 @@ Two MemoryClients stand for two orchestrator processes: separate L1s, one shared
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from memsdk import Turn
 from memsdk.client import build_store
 from memsdk.config import Config
-from memsdk.testing import CountingStore
+from memsdk.testing import CountingStore, FakeClock
 from tests.conftest import ClientFactory
 
 
@@ -185,3 +186,21 @@ async def test_append_after_load_is_one_round_trip_even_without_l1(
     assert counting.calls == {"commit": 1}  # planned on the META the load saw: no retry
     ctx = await other.load_context("s")
     assert [t.content for t in ctx.turns] == ["q1", "q2", "q3"]
+
+
+async def test_a_flushed_turn_that_sorts_below_the_newest_is_not_hidden_by_l1(
+    make_client: ClientFactory, tmp_path: Path, clock: FakeClock
+) -> None:
+    """Found by tests/property: a buffered turn from a writer whose clock is behind sorts
+    below the newest turn, so META's newest id did not change and L1 kept the old window."""
+    writer = await make_client()
+    reader = await make_client()
+    behind = FakeClock(clock.time_ms() - 1_000)  # this process's clock is 1 s behind
+    buffered = await make_client(clock_=behind, wal_dir=str(tmp_path / "wal"))
+    await writer.append_turns("s", [user("w1"), user("w2")])
+    assert [t.content for t in (await reader.load_context("s")).turns] == ["w1", "w2"]
+    await buffered.append_turn("s", user("late"))  # never saw the session: sorts first
+    await buffered.flush(timeout=30)
+    ctx = await reader.load_context("s")
+    assert ctx.meta is not None and ctx.meta.turn_count == 3
+    assert [t.content for t in ctx.turns] == ["late", "w1", "w2"]

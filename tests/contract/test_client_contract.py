@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from memsdk import MemoryClient, Turn, errors
 from memsdk.client import build_store
 from memsdk.config import Config
-from memsdk.testing import CountingStore, FakeClock
+from memsdk.testing import CountingStore, FakeClock, FaultyStore
 from tests.conftest import TEST_TIMEOUTS, ClientFactory
 
 pytestmark = pytest.mark.asyncio
@@ -347,6 +347,17 @@ async def test_put_summary_errors(mem: MemoryClient) -> None:
     assert (await mem.load_context("sess-sum2")).summary is None
 
 
+async def test_summary_through_a_turn_another_client_appended(make_client: ClientFactory) -> None:
+    """Found by tests/property: a stale META hint made put_summary refuse a real turn id."""
+    a = await make_client()
+    b = await make_client()
+    await a.append_turn("sess-sum4", user("a"))  # a's hint: META with only its own turn
+    r = await b.append_turn("sess-sum4", bot("b"))
+    summary = await a.put_summary("sess-sum4", "through b", through_turn_id=r.turn_ids[0])
+    assert summary.through_turn_id == r.turn_ids[0]
+    assert (await b.load_context("sess-sum4")).summary == summary
+
+
 async def test_summary_of_old_incarnation_is_gone(mem: MemoryClient, clock: FakeClock) -> None:
     r = await mem.append_turn("sess-sum3", user("a"))
     await mem.put_summary("sess-sum3", "old summary", through_turn_id=r.turn_ids[0])
@@ -367,6 +378,26 @@ async def test_delete_session(mem: MemoryClient) -> None:
     assert [t.content for t in ctx.turns] == ["again"] and ctx.summary is None
     assert ctx.meta is not None and ctx.meta.turn_count == 1
     assert [t.content for t in (await mem.load_context("sess-keep")).turns] == ["other"]
+
+
+class PurgeFails(FaultyStore):
+    """The tombstone commit lands; the purge after it fails (an outage in between)."""
+
+    async def purge_session(self, session_id: str, *, through_turn_id: str, version: int) -> None:
+        raise errors.StoreUnavailableError("purge failed (test)", session_id=session_id)
+
+
+async def test_delete_whose_purge_fails_says_it_may_have_applied(
+    make_client: ClientFactory, store_settings: dict[str, Any]
+) -> None:
+    """Found by tests/property: the session was gone, yet the error said nothing was done."""
+    store = PurgeFails(build_store(Config(**store_settings)))
+    mem = await make_client(store=store)
+    await mem.append_turn("sess-del-purge", user("a"))
+    with pytest.raises(errors.StoreUnavailableError) as raised:
+        await mem.delete_session("sess-del-purge")
+    assert raised.value.maybe_applied
+    assert (await mem.load_context("sess-del-purge")).meta is None  # hidden: it did apply
 
 
 async def test_delete_removes_items_from_the_store(
@@ -433,6 +464,46 @@ async def test_concurrent_writers_keep_both_sets(make_client: ClientFactory) -> 
     assert [c for c in contents if c[0] == "b"] == [f"b{i}" for i in range(8)]
     assert [t.turn_id for t in ctx.turns] == sorted(ids_a + ids_b)
     assert ctx.meta is not None and ctx.meta.turn_count == 16
+
+
+class CommitBetweenQueryAndMeta(CountingStore):
+    """A reader's store: another client commits after the Query answered, before GetItem."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.queried = asyncio.Event()
+        self.between: Any = None  # an async callable run once between the two reads
+
+    async def query_turns(
+        self, session_id: str, *, before_turn_id: str | None, limit: int, consistent: bool
+    ) -> Any:
+        turns = await super().query_turns(
+            session_id, before_turn_id=before_turn_id, limit=limit, consistent=consistent
+        )
+        self.queried.set()
+        return turns
+
+    async def get_meta(self, session_id: str, *, consistent: bool) -> Any:
+        if self.between is not None:
+            between, self.between = self.between, None
+            await self.queried.wait()
+            await between()
+        return await super().get_meta(session_id, consistent=consistent)
+
+
+@pytest.mark.parametrize("consistency", ["strong", "validated"])
+async def test_a_commit_between_the_two_reads_never_tears_the_answer(
+    make_client: ClientFactory, store_settings: dict[str, Any], consistency: str
+) -> None:
+    """Found by tests/property: META newer than the turns read beside it, in strong mode."""
+    writer = await make_client()
+    store = CommitBetweenQueryAndMeta(build_store(Config(**store_settings)))
+    reader = await make_client(store=store, consistency=consistency, l1_max_bytes=0)
+    await writer.append_turn("sess-tear", user("a"))
+    store.between = lambda: writer.append_turn("sess-tear", user("b"))
+    ctx = await reader.load_context("sess-tear")
+    assert ctx.meta is not None and ctx.meta.turn_count == 2
+    assert [t.content for t in ctx.turns] == ["a", "b"]
 
 
 async def test_closed_client_raises(make_client: ClientFactory) -> None:

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from memsdk import MemoryClient, Turn
 from memsdk.client import build_store
 from memsdk.config import Config
-from memsdk.testing import CountingStore
+from memsdk.errors import StoreUnavailableError
+from memsdk.testing import CountingStore, FaultyStore
 from tests.conftest import TEST_TIMEOUTS, ClientFactory
 from tests.harness.redis_server import RedisCluster3, RedisServer, free_port
 
@@ -64,6 +65,24 @@ async def test_redis_behind_own_write_is_not_trusted(
     redis_server.command("SET", "memsdk:{s}:meta", stale)  # Redis lost the newest META
     ctx = await mem.load_context("s")
     assert [t.content for t in ctx.turns] == ["q1", "q2"]
+
+
+async def test_a_write_whose_reply_was_lost_is_not_hidden_by_redis(
+    make_client: ClientFactory, store_settings: dict[str, Any], redis_server: RedisServer
+) -> None:
+    """Found by tests/property: the write landed, its write-through never ran, and Redis
+    kept validating an older META for every reader until the next write."""
+    store = FaultyStore(build_store(Config(**store_settings)))
+    writer = await make_client(redis_url=redis_server.url, store=store)
+    reader = await make_client(redis_url=redis_server.url)
+    await writer.append_turn("s", user("q1"))
+    assert (await reader.load_context("s")).source in ("redis", "store")  # L1 warm
+    store.lose_commit_replies = 1
+    with pytest.raises(StoreUnavailableError) as raised:
+        await writer.update_meta("s", page_context={"asin": "B1"})
+    assert raised.value.maybe_applied
+    ctx = await reader.load_context("s")  # the update is in the store: show it
+    assert ctx.meta is not None and ctx.meta.page_context == {"asin": "B1"}
 
 
 @pytest.mark.parametrize("store_settings", ["sqlite", "dynamodb-lean"], indirect=True)
