@@ -880,34 +880,43 @@ class MemoryClient:
         for _ in range(_MAX_COMMIT_ROUNDS):
             if current is None:
                 return
+            if current.deleted:
+                # Already deleted: finish a purge that an earlier call may not have finished.
+                await self._purge(current)
+                return
             now_ms = self._clock.time_ms()
             if rules.live_meta(current, now_ms // 1000) is not None:
                 rules.check_owner(current, customer_id)
-            write = rules.plan_delete(current, now_ms=now_ms)
+            write = rules.plan_delete(
+                current,
+                now_ms=now_ms,
+                retention_seconds=self._config.ttl_seconds + self._config.turn_retention_seconds,
+            )
             outcome = await self._store.commit(write)
             if outcome.applied:
                 # The tombstone goes to Redis before the purge: other processes see the
                 # session absent from now on, and no stale fill can revive it.
                 await self._write_through(write.meta)
-                try:
-                    await self._store.purge_session(
-                        session_id,
-                        through_turn_id=rules.high_water(write.meta),
-                        version=write.meta.version,
-                    )
-                except StoreUnavailableError as exc:
-                    raise StoreUnavailableError(
-                        "delete_session hid the session but could not remove its items; "
-                        "call it again",
-                        session_id=session_id,
-                        maybe_applied=True,
-                    ) from exc
+                await self._purge(write.meta)
                 return
             current = await self._current_after_conflict(session_id, outcome.current)
         raise StoreUnavailableError(
             "delete_session lost the race to concurrent writers too often; call it again",
             session_id=session_id,
         )
+
+    async def _purge(self, tombstone: MetaRecord) -> None:
+        """Remove the items a tombstone hides; the tombstone itself stays (see plan_delete)."""
+        try:
+            await self._store.purge_session(
+                tombstone.session_id, through_turn_id=rules.high_water(tombstone)
+            )
+        except StoreUnavailableError as exc:
+            raise StoreUnavailableError(
+                "delete_session hid the session but could not remove its items; call it again",
+                session_id=tombstone.session_id,
+                maybe_applied=True,
+            ) from exc
 
     async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - public API (DESIGN §6)
         """Wait until every append acknowledged before this call is in the store.

@@ -91,13 +91,11 @@ class GuardedStore:
         """The wrapped commit, guarded."""
         return await self._guard(write.meta.session_id, lambda: self.inner.commit(write))
 
-    async def purge_session(self, session_id: str, *, through_turn_id: str, version: int) -> None:
+    async def purge_session(self, session_id: str, *, through_turn_id: str) -> None:
         """The wrapped purge_session, guarded."""
         await self._guard(
             session_id,
-            lambda: self.inner.purge_session(
-                session_id, through_turn_id=through_turn_id, version=version
-            ),
+            lambda: self.inner.purge_session(session_id, through_turn_id=through_turn_id),
         )
 
     async def _guard(self, session_id: str, call: Callable[[], Awaitable[T]]) -> T:

@@ -138,12 +138,10 @@ class ObservedStore:
         with self._telemetry.dependency(self._system, "commit"):
             return await self.inner.commit(write)
 
-    async def purge_session(self, session_id: str, *, through_turn_id: str, version: int) -> None:
+    async def purge_session(self, session_id: str, *, through_turn_id: str) -> None:
         """The wrapped purge_session in a span."""
         with self._telemetry.dependency(self._system, "purge_session"):
-            await self.inner.purge_session(
-                session_id, through_turn_id=through_turn_id, version=version
-            )
+            await self.inner.purge_session(session_id, through_turn_id=through_turn_id)
 
 
 _LOOKUP_RESULTS = {"hit": "hit", "miss": "miss", "error": "error", "bypassed": "bypassed"}

@@ -238,8 +238,9 @@ def _check_meta_size(meta: MetaRecord) -> None:
 
 
 def live_meta(meta: MetaRecord | None, now_s: int) -> MetaRecord | None:
-    """Return `meta` if the session is live at `now_s`, else None (expired reads as absent)."""
-    if meta is None or meta.expires_at <= now_s:
+    """Return `meta` if the session is live at `now_s`, else None (expired or deleted reads
+    as absent)."""
+    if meta is None or meta.deleted or meta.expires_at <= now_s:
         return None
     return meta
 
@@ -509,14 +510,26 @@ def plan_summary(
     )
 
 
-def plan_delete(current: MetaRecord, *, now_ms: int) -> SessionWrite:
-    """Plan the tombstone that makes a session invisible at once, before its items are purged."""
+def plan_delete(current: MetaRecord, *, now_ms: int, retention_seconds: int) -> SessionWrite:
+    """Plan the tombstone that makes a session invisible at once, before its items are purged.
+
+    The tombstone is kept for `retention_seconds` (the session's TTL plus the turns'
+    retention: as long as any of its turns could still be written late, by a WAL replay
+    whose confirmation was lost). A write that finds it starts a new incarnation above its
+    high-water mark, so those turns are dropped instead of brought back.
+    """
     tombstone = msgspec.structs.replace(
         current,
-        expires_at=min(current.expires_at, now_ms // 1000),
+        expires_at=now_ms // 1000 + retention_seconds,
         updated_at_ms=now_ms,
         version=current.version + 1,
         last_turn_id=high_water(current),
+        # A tombstone keeps no user data: it outlives the session by weeks.
+        customer_id=None,
+        summary=None,
+        page_context={},
+        attributes={},
+        deleted=True,
     )
     return SessionWrite(meta=tombstone, expected_version=current.version, now_s=now_ms // 1000)
 

@@ -83,10 +83,10 @@ class CountingStore:
         self.calls["commit"] += 1
         return await self.inner.commit(write)
 
-    async def purge_session(self, session_id: str, *, through_turn_id: str, version: int) -> None:
+    async def purge_session(self, session_id: str, *, through_turn_id: str) -> None:
         """Count, then delegate."""
         self.calls["purge_session"] += 1
-        await self.inner.purge_session(session_id, through_turn_id=through_turn_id, version=version)
+        await self.inner.purge_session(session_id, through_turn_id=through_turn_id)
 
 
 class FaultyStore:
@@ -152,7 +152,7 @@ class FaultyStore:
             )
         return outcome
 
-    async def purge_session(self, session_id: str, *, through_turn_id: str, version: int) -> None:
+    async def purge_session(self, session_id: str, *, through_turn_id: str) -> None:
         """Wait delay_s; fail when down, else delegate."""
         await self._check(session_id)
-        await self.inner.purge_session(session_id, through_turn_id=through_turn_id, version=version)
+        await self.inner.purge_session(session_id, through_turn_id=through_turn_id)

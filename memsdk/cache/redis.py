@@ -426,7 +426,7 @@ class RedisMetaCache:
             return self._fail("version_out_of_range", None)
         # A live META lives as long as its session (>= 1 s here); an expired one is a
         # tombstone that keeps refusing stale fills for a while.
-        live = meta.expires_at > now_s
+        live = meta.expires_at > now_s and not meta.deleted
         ttl = meta.expires_at - now_s if live else self._tombstone_ttl
         try:
             value = _encode(meta)

@@ -60,6 +60,10 @@ class MetaRecord(msgspec.Struct, frozen=True, kw_only=True):
     `version` grows by one on every META write and is what conditional writes compare.
     `floor_turn_id` is the incarnation floor: only turns and summaries with ids above it
     belong to this incarnation of the session; leftovers of an expired one sit below it.
+    `deleted` marks the tombstone delete_session leaves: the session reads as absent, while
+    the item itself stays (its `expires_at` is its physical TTL) so that a late write of
+    turns acknowledged before the delete (a WAL replay) finds it and is dropped, instead
+    of starting a new incarnation that would bring them back.
     """
 
     session_id: str
@@ -74,6 +78,7 @@ class MetaRecord(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: int
     version: int
     summary: SummaryRecord | None = None
+    deleted: bool = False
 
 
 class SessionWrite(msgspec.Struct, frozen=True, kw_only=True):
@@ -81,7 +86,8 @@ class SessionWrite(msgspec.Struct, frozen=True, kw_only=True):
 
     Applied only if the stored META still matches the expectation: `expected_version` is
     the version the writer based `meta` on, or None for "META is absent or expired at
-    `now_s`" (a new session or a new incarnation). Nothing is written otherwise.
+    `now_s`" (a new session or a new incarnation; a delete's tombstone is neither, so the
+    writer must plan on it). Nothing is written otherwise.
     """
 
     meta: MetaRecord
@@ -140,10 +146,11 @@ class Store(Protocol):
         """Apply `write` atomically if the stored META matches its expectation."""
         ...
 
-    async def purge_session(self, session_id: str, *, through_turn_id: str, version: int) -> None:
-        """Delete TURN/SUMMARY items with ids <= `through_turn_id`, then META if at `version`.
+    async def purge_session(self, session_id: str, *, through_turn_id: str) -> None:
+        """Delete TURN/SUMMARY items with ids <= `through_turn_id`; never META.
 
-        Called after META was tombstoned (expired) at `version`; must not touch items of a
-        newer incarnation created in the meantime.
+        Called after META was tombstoned; must not touch items of a newer incarnation
+        created in the meantime (their ids are above the bound). The tombstone stays until
+        its TTL.
         """
         ...

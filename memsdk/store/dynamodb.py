@@ -231,6 +231,8 @@ class DynamoDBStore:
     def _meta_put(self, write: SessionWrite) -> dict[str, Any]:
         # Aliases for the non-key names: expressions must not depend on the reserved-word list.
         if write.expected_version is None:
+            # Absent or expired. A delete's tombstone (kept, unexpired) refuses this: the
+            # writer must see it and start above its high-water mark (see plan_delete).
             condition = "attribute_not_exists(PK) OR #exp <= :now"
             names = {"#exp": TTL_ATTRIBUTE}
             values = {":now": {"N": str(write.now_s)}}
@@ -326,27 +328,10 @@ class DynamoDBStore:
             session_id=sid,
         )
 
-    async def purge_session(self, session_id: str, *, through_turn_id: str, version: int) -> None:
-        """Delete TURN/SUMMARY items with ids <= `through_turn_id`, then META if at `version`."""
+    async def purge_session(self, session_id: str, *, through_turn_id: str) -> None:
+        """Delete TURN/SUMMARY items with ids <= `through_turn_id`; never META."""
         for prefix in (TURN_PREFIX, SUMMARY_PREFIX):
             await self._purge_range(session_id, prefix, prefix + through_turn_id)
-        params = {
-            "TableName": self._table,
-            "Key": key(session_id, META_SK),
-            "ConditionExpression": "#ver = :v",
-            "ExpressionAttributeNames": {"#ver": "version"},
-            "ExpressionAttributeValues": {":v": {"N": str(version)}},
-        }
-        try:
-            await self._path.call(
-                "DeleteItem", params, WriteResponse, write=True, session_id=session_id
-            )
-        except DynamoDBCallError as exc:
-            if exc.kind != "conditional":
-                raise to_store_error(
-                    exc, table=self._table, session_id=session_id, maybe_applied=True
-                ) from exc
-            # A newer incarnation (or nothing) is there now: it is not ours to delete.
 
     async def _purge_range(self, session_id: str, low: str, high: str) -> None:
         start_key: Item | None = None

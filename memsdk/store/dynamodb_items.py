@@ -111,6 +111,8 @@ def meta_to_item(meta: MetaRecord) -> Item:
         item["customer_id"] = {"S": meta.customer_id}
     if meta.last_turn_id is not None:
         item["last_turn_id"] = {"S": meta.last_turn_id}
+    if meta.deleted:
+        item["deleted"] = {"BOOL": True}
     summary = meta.summary
     if summary is not None:
         item["summary_text"] = {"S": summary.text}
@@ -166,6 +168,12 @@ class N(msgspec.Struct, frozen=True):
     N: str
 
 
+class BOOL(msgspec.Struct, frozen=True):
+    """A boolean attribute value: {"BOOL": true}."""
+
+    BOOL: bool
+
+
 class MetaItem(msgspec.Struct, frozen=True):
     """A META item as DynamoDB returns it."""
 
@@ -184,6 +192,7 @@ class MetaItem(msgspec.Struct, frozen=True):
     summary_through_turn_id: S | None = None
     summary_created_at_ms: N | None = None
     summary_expires_at: N | None = None
+    deleted: BOOL | None = None
 
 
 class TurnItem(msgspec.Struct, frozen=True):
@@ -281,6 +290,7 @@ def wire_to_meta(item: MetaItem) -> MetaRecord:
         expires_at=_int(item.expires_at, "expires_at", sid),
         version=_int(item.version, "version", sid),
         summary=summary,
+        deleted=item.deleted is not None and item.deleted.BOOL,
     )
 
 

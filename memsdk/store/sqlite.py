@@ -130,10 +130,10 @@ class SQLiteStore:
             "commit a write", session_id, functools.partial(_commit_sync, write=write)
         )
 
-    async def purge_session(self, session_id: str, *, through_turn_id: str, version: int) -> None:
-        """Delete TURN/SUMMARY items with ids <= `through_turn_id`, then META if at `version`."""
+    async def purge_session(self, session_id: str, *, through_turn_id: str) -> None:
+        """Delete TURN/SUMMARY items with ids <= `through_turn_id`; never META."""
         purge = functools.partial(
-            _purge_sync, session_id=session_id, through_turn_id=through_turn_id, version=version
+            _purge_sync, session_id=session_id, through_turn_id=through_turn_id
         )
         await self._run("purge a session", session_id, purge)
 
@@ -290,6 +290,7 @@ def _query_turns_sync(
 
 def _expectation_holds(current: MetaRecord | None, write: SessionWrite) -> bool:
     if write.expected_version is None:
+        # A delete's tombstone (kept, unexpired) refuses this: see plan_delete.
         return current is None or current.expires_at <= write.now_s
     return current is not None and current.version == write.expected_version
 
@@ -353,14 +354,9 @@ def _commit_sync(conn: sqlite3.Connection, *, write: SessionWrite) -> CommitOutc
     return CommitOutcome(applied=True)
 
 
-def _purge_sync(
-    conn: sqlite3.Connection, *, session_id: str, through_turn_id: str, version: int
-) -> None:
+def _purge_sync(conn: sqlite3.Connection, *, session_id: str, through_turn_id: str) -> None:
     pk = _pk(session_id)
     delete_range = "DELETE FROM items WHERE pk = ? AND sk >= ? AND sk <= ?"
     with _transaction(conn):
         conn.execute(delete_range, (pk, _TURN_PREFIX, _TURN_PREFIX + through_turn_id))
         conn.execute(delete_range, (pk, _SUMMARY_PREFIX, _SUMMARY_PREFIX + through_turn_id))
-        current = _read_meta(conn, pk)
-        if current is not None and current.version == version:
-            conn.execute("DELETE FROM items WHERE pk = ? AND sk = ?", (pk, _META_SK))

@@ -383,7 +383,7 @@ async def test_delete_session(mem: MemoryClient) -> None:
 class PurgeFails(FaultyStore):
     """The tombstone commit lands; the purge after it fails (an outage in between)."""
 
-    async def purge_session(self, session_id: str, *, through_turn_id: str, version: int) -> None:
+    async def purge_session(self, session_id: str, *, through_turn_id: str) -> None:
         raise errors.StoreUnavailableError("purge failed (test)", session_id=session_id)
 
 
@@ -408,7 +408,11 @@ async def test_delete_removes_items_from_the_store(
     r = await mem.append_turns("sess-purge", [user(f"m{i}") for i in range(30)])
     await mem.put_summary("sess-purge", "s", through_turn_id=r.turn_ids[-1])
     await mem.delete_session("sess-purge")
-    assert await counting.inner.get_meta("sess-purge", consistent=True) is None
+    # Only the tombstone remains: no turn, no summary, no user data, read as absent.
+    tombstone = await counting.inner.get_meta("sess-purge", consistent=True)
+    assert tombstone is not None and tombstone.deleted
+    assert (tombstone.customer_id, tombstone.summary) == (None, None)
+    assert (tombstone.page_context, tombstone.attributes) == ({}, {})
     assert (
         await counting.inner.query_turns(
             "sess-purge", before_turn_id=None, limit=100, consistent=True

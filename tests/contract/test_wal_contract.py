@@ -232,11 +232,6 @@ async def test_delete_and_summary_see_buffered_turns_first(
     assert await stored(open_client, "s2") == ([], None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug, found by tests/property: the purge removes META, so a replay of a "
-    "record whose confirmation was lost starts a new incarnation with the deleted turns",
-)
 async def test_a_replay_after_delete_never_resurrects_the_session(
     open_client: Any, store_settings: dict[str, Any], wal_dir: str, tmp_path: Path
 ) -> None:

@@ -381,7 +381,7 @@ async def test_query_turns_pages_past_one_megabyte(store: DynamoDBStore) -> None
 # --- purge_session -----------------------------------------------------------------------
 
 
-async def test_purge_session_respects_bound_and_version(
+async def test_purge_session_respects_the_bound_and_keeps_meta(
     store: DynamoDBStore, ddb_spec: DynamoDBStoreSpec
 ) -> None:
     turns = [make_turn(n) for n in range(1, 31)]  # > 25: BatchWriteItem needs two chunks
@@ -392,19 +392,18 @@ async def test_purge_session_respects_bound_and_version(
     other = make_meta(1, sid="other")
     assert (await store.commit(make_write(other, None, [make_turn(1)]))).applied
 
-    # Wrong version (a newer incarnation): items up to the bound go, META stays.
-    await store.purge_session(SID, through_turn_id=tid(27), version=1)
+    # Items up to the bound go (a newer incarnation's, above it, would stay); META stays.
+    await store.purge_session(SID, through_turn_id=tid(27))
     remaining = sort_keys(await raw_items(ddb_spec))
     assert remaining == sorted(
         ["META", "SUMMARY#" + tid(30), "TURN#" + tid(28), "TURN#" + tid(29), "TURN#" + tid(30)]
     )
-    # Right version: everything through the bound, then META.
-    await store.purge_session(SID, through_turn_id=tid(30), version=2)
-    assert await raw_items(ddb_spec) == []
+    await store.purge_session(SID, through_turn_id=tid(30))
+    assert sort_keys(await raw_items(ddb_spec)) == ["META"]
     assert await store.get_meta("other", consistent=True) == other  # other sessions untouched
     assert len(await raw_items(ddb_spec, "other")) == 2
     # Purging an absent session is a quiet no-op.
-    await store.purge_session("never", through_turn_id=tid(5), version=1)
+    await store.purge_session("never", through_turn_id=tid(5))
 
 
 # --- create_table ------------------------------------------------------------------------

@@ -431,13 +431,8 @@ class MemoryMachine(RuleBasedStateMachine):
         client = self.clients[slot]
         wal, consistency = self.setup[slot]
         if crash:
-            # Known bug (tests/contract/test_wal_contract.py::
-            # test_a_replay_after_delete_never_resurrects_the_session): a replay after a
-            # delete resurrects the session. Until it is fixed, a crash after a delete in
-            # this example keeps the confirmations, so the machine hunts for other bugs.
-            guard = KNOWN_BUG_GUARDS and self.deleted_any
-            self.run(abandon(client, write_queued=guard))
-            if wal and not guard:
+            self.run(abandon(client, write_queued=False))
+            if wal:
                 dropped = SimulatedDisk.power_cut(f"{self.ex.root}/wal-{slot}", keep)
                 event(f"power cut dropped unsynced bytes: {dropped > 0}")
         else:

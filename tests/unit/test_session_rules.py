@@ -169,7 +169,7 @@ def test_buffered_append_drops_turns_of_a_deleted_incarnation() -> None:
         retention_seconds=600,
         ids=ids,
     )
-    tombstone = plan_delete(later.meta, now_ms=t0 + 20).meta
+    tombstone = plan_delete(later.meta, now_ms=t0 + 20, retention_seconds=86_400 + 600).meta
     # A turn buffered between the two appends, flushed after the delete: it was deleted.
     stale = _buffered([f"{t0:013d}0000ffffffff"])
     write, dropped = plan_buffered_append(

@@ -290,24 +290,22 @@ def _fields(record: MetaRecord) -> dict[str, Any]:
     return {name: getattr(record, name) for name in record.__struct_fields__}
 
 
-async def test_purge_respects_bound_and_version(store: SQLiteStore, db_path: Path) -> None:
+async def test_purge_respects_the_bound_and_keeps_meta(store: SQLiteStore, db_path: Path) -> None:
     await store.commit(write(1, None, [turn(1), turn(2)], summ=summary(2)))
     await store.commit(write(2, 1, [turn(3)], summ=summary(3)))
-
-    await store.purge_session(SID, through_turn_id=tid(2), version=1)
     pk = f"SESSION#{SID}"
-    # Stale version: META of the newer state survives; items through the bound go.
+
+    await store.purge_session(SID, through_turn_id=tid(2))
+    # Items through the bound go; a newer incarnation's items above it stay; META (the
+    # tombstone, in real use) always stays.
     assert keys(db_path) == [(pk, "META"), (pk, f"SUMMARY#{tid(3)}"), (pk, f"TURN#{tid(3)}")]
 
-    await store.purge_session(SID, through_turn_id=tid(2), version=2)
-    assert keys(db_path) == [(pk, f"SUMMARY#{tid(3)}"), (pk, f"TURN#{tid(3)}")]
-
-    await store.purge_session(SID, through_turn_id=tid(3), version=2)
-    assert keys(db_path) == []
+    await store.purge_session(SID, through_turn_id=tid(3))
+    assert keys(db_path) == [(pk, "META")]
 
 
 async def test_purge_of_absent_session_is_a_no_op(store: SQLiteStore) -> None:
-    await store.purge_session("nobody", through_turn_id=tid(9), version=1)
+    await store.purge_session("nobody", through_turn_id=tid(9))
     assert await store.get_meta("nobody", consistent=True) is None
 
 
@@ -395,7 +393,7 @@ async def test_use_before_open_and_after_close(db_path: Path) -> None:
         lambda: s.get_meta(SID, consistent=True),
         lambda: s.query_turns(SID, before_turn_id=None, limit=1, consistent=True),
         lambda: s.commit(write(1, None, [turn(1)])),
-        lambda: s.purge_session(SID, through_turn_id=tid(1), version=1),
+        lambda: s.purge_session(SID, through_turn_id=tid(1)),
     ]
     for call in calls:
         with pytest.raises(StoreError, match="store is not open"):
@@ -498,7 +496,7 @@ async def test_busy_database_is_unavailable_not_applied(
             with pytest.raises(StoreUnavailableError) as info:
                 await s.commit(write(1, None, [turn(1)]))
             with pytest.raises(StoreUnavailableError):
-                await s.purge_session(SID, through_turn_id=tid(1), version=1)
+                await s.purge_session(SID, through_turn_id=tid(1))
             locker.execute("ROLLBACK")
         assert info.value.maybe_applied is False
         assert info.value.retryable
