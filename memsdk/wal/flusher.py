@@ -115,6 +115,9 @@ class Flusher(Generic[E]):
         self._resume_at = 0.0
         # Batches allowed in flight: 1 after a failure, +1 per success, up to concurrency.
         self._window = concurrency
+        # Bumped on every failure: a batch sent before the last failure says nothing about
+        # the store since, so its success does not open the window (as in TCP slow start).
+        self._epoch = 0
         self._in_flight = 0
         self._window_changed = asyncio.Condition()
         self._workers: list[asyncio.Task[None]] = []
@@ -239,6 +242,7 @@ class Flusher(Generic[E]):
             if not self._batch_fits(batch, entry):
                 break
             batch.append(entry)
+        epoch = self._epoch
         try:
             await self._apply(key, batch)
         except asyncio.CancelledError:
@@ -248,6 +252,7 @@ class Flusher(Generic[E]):
                 self._failed_attempts += 1
                 hint = self._retry_after(exc)
                 self._window = 1  # probe one batch at a time until one succeeds
+                self._epoch += 1
                 if hint is not None:
                     # Not sent: probe from when a call may go (plus jitter).
                     self._failures = max(self._failures, 1)
@@ -268,7 +273,8 @@ class Flusher(Generic[E]):
             self._rejected_records += len(batch)
         else:
             self._failures = 0
-            self._window = min(self._concurrency, self._window + 1)
+            if epoch == self._epoch:
+                self._window = min(self._concurrency, self._window + 1)
             self._applied_batches += 1
             self._applied_records += len(batch)
         await self._done(key, batch)
