@@ -87,15 +87,6 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 
 @pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def sqlite_env(
     loop: asyncio.AbstractEventLoop, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Env]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from memsdk import Config, MemoryClient, Turn
 from memsdk.errors import StoreError, StoreUnavailableError
 from memsdk.guard import GuardedStore
 from memsdk.resilience.breaker import BreakerPolicy, CircuitBreaker
@@ -81,19 +83,17 @@ async def test_throttles_and_deployment_errors_never_open_the_breaker(
     assert await guarded.get_meta("s1", consistent=True) is None  # and calls still go
 
 
-async def test_the_recovery_probe_ends_the_open_period_when_the_store_answers(
-    tmp_path: Path,
-) -> None:
-    """A long open period, cut short: the store answers again, reads are whole within ~1 s."""
-    from memsdk import Config, MemoryClient, Turn
-
+async def open_period_of_60_s(
+    tmp_path: Path, probe_interval: float
+) -> AsyncIterator[tuple[FaultyStore, MemoryClient]]:
+    """A client whose store breaker is open for 60 s after an outage, the store back up."""
     store = FaultyStore(SQLiteStore(str(tmp_path / "r.db")))
     config = Config(
         store="sqlite:///unused.db",
         breaker_consecutive_failures=3,
         breaker_open_seconds=60.0,
         breaker_max_open_seconds=60.0,
-        breaker_probe_interval=0.1,
+        breaker_probe_interval=probe_interval,
     )
     async with MemoryClient(config, store=store) as mem:
         await mem.append_turns("s1", [Turn(role="user", content="hello")])
@@ -102,34 +102,27 @@ async def test_the_recovery_probe_ends_the_open_period_when_the_store_answers(
             assert (await mem.load_context("s1")).degraded
         assert mem.health().store_breaker == "open"
         store.down = False
+        yield store, mem
+
+
+async def test_the_recovery_probe_ends_the_open_period_when_the_store_answers(
+    tmp_path: Path,
+) -> None:
+    """A long open period, cut short: the store answers again, reads are whole within ~1 s."""
+    async with contextlib.asynccontextmanager(open_period_of_60_s)(tmp_path, 0.1) as (_, mem):
         for _ in range(100):  # 60 s of open period otherwise
             await asyncio.sleep(0.05)
             ctx = await mem.load_context("s1")
             if not ctx.degraded:
                 break
         assert not ctx.degraded and [t.content for t in ctx.turns] == ["hello"]
-        for _ in range(config.breaker_half_open_probes):  # the half-open probes close it
+        for _ in range(mem.config.breaker_half_open_probes):  # the half-open probes close it
             await mem.load_context("s1")
         assert mem.health().store_breaker == "closed"
 
 
 async def test_without_the_recovery_probe_the_open_period_runs_out(tmp_path: Path) -> None:
-    from memsdk import Config, MemoryClient, Turn
-
-    store = FaultyStore(SQLiteStore(str(tmp_path / "r.db")))
-    config = Config(
-        store="sqlite:///unused.db",
-        breaker_consecutive_failures=3,
-        breaker_open_seconds=60.0,
-        breaker_max_open_seconds=60.0,
-        breaker_probe_interval=0,
-    )
-    async with MemoryClient(config, store=store) as mem:
-        await mem.append_turns("s1", [Turn(role="user", content="hello")])
-        store.down = True
-        for _ in range(3):
-            await mem.load_context("s1")
-        store.down = False
+    async with contextlib.asynccontextmanager(open_period_of_60_s)(tmp_path, 0) as (_, mem):
         await asyncio.sleep(0.5)
         assert (await mem.load_context("s1")).degraded
         assert mem.health().store_breaker == "open"
