@@ -30,14 +30,14 @@ import dataclasses
 import http
 import logging
 import random
-import socket
-import struct
 import time
 import zlib
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal, NamedTuple, get_args
 from urllib.parse import urlsplit
+
+from memsdk.loopback import LoopbackListener, reset_connection
 
 __all__ = ["FaultCounts", "FaultMode", "FaultProxy"]
 
@@ -100,14 +100,6 @@ def _headers(head: bytes) -> dict[str, str]:
     return headers
 
 
-def _rst(writer: asyncio.StreamWriter) -> None:
-    """Close the connection with a TCP RST rather than a FIN: what a crashed peer does."""
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
-
-
 def _error_reply(status: int, code: str, message: str) -> bytes:
     """A complete DynamoDB-style JSON error reply, checksum included as DynamoDB sends it."""
     body = f'{{"__type":"{_TYPE_PREFIX}{code}","message":"{message}"}}'.encode()
@@ -133,10 +125,7 @@ class FaultProxy:
         self._tokens_at = 0.0
         self._mode_left: int | None = None  # requests left under the plan, then "pass"
         self._counts = FaultCounts()
-        self._port: int | None = None
-        self._sock: socket.socket | None = None  # the listening socket, while listening
-        self._server: asyncio.Server | None = None
-        self._starting: asyncio.Task[None] | None = None
+        self._listener = LoopbackListener(self._handle, limit=_MAX_HEAD_BYTES)
         self._clients: set[asyncio.StreamWriter] = set()
         self._handlers: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -144,9 +133,10 @@ class FaultProxy:
     @property
     def endpoint(self) -> str:
         """http://127.0.0.1:PORT, stable for the proxy's life (across "down" too)."""
-        if self._port is None:
+        port = self._listener.port
+        if port is None:
             raise RuntimeError("FaultProxy is not started")
-        return f"http://127.0.0.1:{self._port}"
+        return f"http://127.0.0.1:{port}"
 
     @property
     def counts(self) -> FaultCounts:
@@ -164,9 +154,10 @@ class FaultProxy:
         """Listen on a free loopback port; idempotent."""
         if self._closed:
             raise RuntimeError("FaultProxy is closed")
-        self._listen()
-        if self._starting is not None:
-            await self._starting
+        self._listener.listen()  # fixes the port, even for a proxy set "down" before start
+        if self._plan.mode == "down":
+            self._listener.stop()
+        await self._listener.started()
 
     def set_mode(
         self,
@@ -201,19 +192,18 @@ class FaultProxy:
         if capacity_per_s is not None:
             self._tokens = capacity_per_s  # start with a full second's burst
             self._tokens_at = time.monotonic()
-        if self._port is None or self._closed:
+        if self._listener.port is None or self._closed:
             return
         if mode == "down":
-            self._stop_listening()
+            self._go_down()
         else:
-            self._listen()
+            self._listener.listen()
 
     async def aclose(self) -> None:
         """Stop listening and close every connection; idempotent."""
         self._closed = True
-        if self._starting is not None:
-            await self._starting  # quick; _serve() then closes the server it made
-        self._stop_listening()
+        self._go_down()
+        await self._listener.started()
         for task in self._handlers:
             task.cancel()
         await asyncio.gather(*self._handlers, return_exceptions=True)
@@ -230,39 +220,10 @@ class FaultProxy:
     ) -> None:
         await self.aclose()
 
-    # ------------------------------------------------------------------ listener
-
-    def _listen(self) -> None:
-        if self._sock is not None:
-            return  # listening, or about to be
-        # Bound and listening right now, synchronously: a client that connects before
-        # _serve() runs waits in the backlog instead of being refused.
-        self._sock = socket.create_server(("127.0.0.1", self._port or 0))
-        self._port = self._sock.getsockname()[1]
-        self._starting = asyncio.get_running_loop().create_task(self._serve(self._sock))
-
-    async def _serve(self, sock: socket.socket) -> None:
-        try:
-            server = await asyncio.start_server(self._handle, sock=sock, limit=_MAX_HEAD_BYTES)
-        except BaseException:
-            sock.close()
-            self._sock = None
-            raise
-        finally:
-            self._starting = None
-        self._server = server
-        if self._closed or self._plan.mode == "down":  # changed while we were starting
-            self._stop_listening()
-
-    def _stop_listening(self) -> None:
-        if self._server is not None:
-            # Closes the listening socket now: new connections are refused from here on.
-            self._server.close()
-            self._server = None
-            self._sock = None
-        # Else a start is pending: _serve() closes the server as soon as it exists.
+    def _go_down(self) -> None:
+        self._listener.stop()
         for writer in list(self._clients):
-            _rst(writer)  # an outage also breaks the connections already open
+            reset_connection(writer)  # an outage also breaks the connections already open
 
     # ------------------------------------------------------------------ connections
 
@@ -275,7 +236,7 @@ class FaultProxy:
         upstream: _Upstream | None = None
         try:
             if self._plan.mode == "down" or self._closed:
-                _rst(writer)  # accepted just before the listener closed
+                reset_connection(writer)  # accepted just before the listener closed
                 return
             while (request := await self._read_request(reader)) is not None:
                 outcome, plan = self._decide(request)
@@ -288,7 +249,7 @@ class FaultProxy:
                         logger.debug("fault proxy: upstream failed (%s)", type(exc).__name__)
                         return  # the client sees the connection drop, as from a dead server
                     if outcome == "lost_reply":
-                        _rst(writer)  # applied upstream; the client never hears of it
+                        reset_connection(writer)  # applied upstream; the client never hears of it
                         return
                     writer.write(reply)
                     if upstream is None:
@@ -300,7 +261,7 @@ class FaultProxy:
                         await writer.drain()
                         return  # the body was not read: the stream is out of step
                 elif outcome == "reset":
-                    _rst(writer)
+                    reset_connection(writer)
                     return
                 else:  # blackhole: swallow whatever comes until the client gives up
                     while await reader.read(65536):

@@ -15,13 +15,12 @@ a TLS certificate names the server, not the relay).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
-import socket
-import struct
 from dataclasses import dataclass
 from types import TracebackType
+
+from memsdk.loopback import LoopbackListener, reset_connection
 
 __all__ = ["RelayCounts", "TcpRelay"]
 
@@ -45,15 +44,6 @@ class RelayCounts:
     bytes_down: int = 0
 
 
-def _rst(writer: asyncio.StreamWriter) -> None:
-    """Close with a TCP RST rather than a FIN: what a client of a crashed server sees."""
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):  # already closed
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
-
-
 class TcpRelay:
     """Relays TCP connections from 127.0.0.1:<port> to one upstream host and port."""
 
@@ -62,10 +52,7 @@ class TcpRelay:
             raise ValueError("upstream must be a host name and a port in 1-65535")
         self._upstream = (upstream_host, upstream_port)
         self._connect_timeout = connect_timeout
-        self._port: int | None = None
-        self._sock: socket.socket | None = None  # the listening socket, while listening
-        self._server: asyncio.Server | None = None
-        self._starting: asyncio.Task[None] | None = None
+        self._listener = LoopbackListener(self._handle)
         # Each open relayed connection: (client side, upstream side or None while connecting).
         self._pairs: dict[asyncio.StreamWriter, asyncio.StreamWriter | None] = {}
         self._handlers: set[asyncio.Task[None]] = set()
@@ -76,9 +63,10 @@ class TcpRelay:
     @property
     def port(self) -> int:
         """The loopback port clients connect to (stable across cut() and restore())."""
-        if self._port is None:
+        port = self._listener.port
+        if port is None:
             raise RuntimeError("TcpRelay is not started")
-        return self._port
+        return port
 
     @property
     def is_cut(self) -> bool:
@@ -100,9 +88,8 @@ class TcpRelay:
         if self._closed:
             raise RuntimeError("TcpRelay is closed")
         if not self._cut:
-            self._listen()
-        if self._starting is not None:
-            await self._starting
+            self._listener.listen()
+        await self._listener.started()
 
     def cut(self) -> None:
         """Stop listening and reset every open connection, at once; idempotent."""
@@ -110,10 +97,10 @@ class TcpRelay:
             return
         self._cut = True
         self._counts.cuts += 1
-        self._stop_listening()
+        self._listener.stop()
         for client, upstream in list(self._pairs.items()):
             self._counts.connections_cut += 1
-            _rst(client)
+            reset_connection(client)
             if upstream is not None:
                 upstream.close()
 
@@ -122,15 +109,14 @@ class TcpRelay:
         if not self._cut or self._closed:
             return
         self._cut = False
-        if self._port is not None:
-            self._listen()
+        if self._listener.port is not None:
+            self._listener.listen()
 
     async def aclose(self) -> None:
         """Stop listening and close every connection; idempotent."""
         self._closed = True
-        if self._starting is not None:
-            await self._starting
-        self._stop_listening()
+        self._listener.stop()
+        await self._listener.started()
         for client in list(self._pairs):
             client.transport.abort()
         for task in list(self._handlers):
@@ -149,45 +135,6 @@ class TcpRelay:
     ) -> None:
         await self.aclose()
 
-    # ------------------------------------------------------------------ listener
-
-    def _listen(self) -> None:
-        if self._sock is not None:
-            return
-        # Bound and listening now, synchronously: a client that connects right after
-        # restore() waits in the backlog instead of being refused.
-        self._sock = socket.create_server(("127.0.0.1", self._port or 0))
-        self._port = self._sock.getsockname()[1]
-        self._starting = asyncio.get_running_loop().create_task(self._serve(self._sock))
-
-    async def _serve(self, sock: socket.socket) -> None:
-        try:
-            if self._sock is not sock:
-                return  # cut before we got here
-            try:
-                server = await asyncio.start_server(self._handle, sock=sock)
-            except (OSError, ValueError):
-                if self._sock is not sock:
-                    return  # cut() closed the socket under us: nothing to serve
-                sock.close()
-                self._sock = None
-                raise
-            if self._sock is not sock:  # cut (or closed) while we were starting
-                server.close()
-                return
-            self._server = server
-        finally:
-            if self._starting is asyncio.current_task():
-                self._starting = None
-
-    def _stop_listening(self) -> None:
-        if self._server is not None:
-            self._server.close()  # closes the listening socket: connects are refused now
-            self._server = None
-        elif self._sock is not None:
-            self._sock.close()  # _serve() has not made its server yet; it will see this
-        self._sock = None
-
     # ------------------------------------------------------------------ connections
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -199,7 +146,7 @@ class TcpRelay:
         upstream: _Stream | None = None
         try:
             if self._cut or self._closed:
-                _rst(writer)  # accepted just before the listener closed
+                reset_connection(writer)  # accepted just before the listener closed
                 return
             try:
                 async with asyncio.timeout(self._connect_timeout):
@@ -207,10 +154,10 @@ class TcpRelay:
             except (OSError, TimeoutError) as exc:
                 self._counts.upstream_failures += 1
                 logger.debug("relay: upstream connect failed (%s)", type(exc).__name__)
-                _rst(writer)
+                reset_connection(writer)
                 return
             if self._cut or self._closed:
-                _rst(writer)  # cut while we were connecting
+                reset_connection(writer)  # cut while we were connecting
                 return
             self._pairs[writer] = upstream[1]
             up = asyncio.create_task(self._pipe(reader, upstream[1], up=True))
