@@ -7,7 +7,9 @@ no store call), differing only in telemetry:
 - the API only: the default, with no OpenTelemetry SDK installed (the global providers are
   the API's no-ops): what every user pays who does not trace;
 - the SDK: a TracerProvider with a SimpleSpanProcessor into an InMemorySpanExporter and a
-  MeterProvider with an InMemoryMetricReader, so every span and metric is really built.
+  MeterProvider with an InMemoryMetricReader, so every span and metric is really built;
+  then the same with 10% of traces sampled, with the tracer provider only and with the
+  meter provider only (where the SDK's cost goes).
 
 Batches of calls are timed call by call (benchmarks.cache's L1-hit machinery), candidates
 interleaved batch by batch; each figure is the median over batches of the per-call median.
@@ -105,11 +107,16 @@ async def run_telemetry(
             sampled = MemoryClient(
                 config, tracer_provider=sampled_provider, meter_provider=meter_provider
             )
+            # The SDK's cost split in two: spans only, and metrics only.
+            tracing = MemoryClient(config, tracer_provider=tracer_provider)
+            metering = MemoryClient(config, meter_provider=meter_provider)
             names = {
                 "telemetry disabled (baseline)": off,
                 "API only, no SDK (default)": api,
                 "SDK, in-memory exporter": sdk,
                 "SDK, 10% of traces sampled": sampled,
+                "SDK tracing only (no meter provider)": tracing,
+                "SDK metrics only (no tracer provider)": metering,
             }
             for client in names.values():
                 await client.open()
