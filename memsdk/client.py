@@ -541,8 +541,9 @@ class MemoryClient:
     async def _load(self, session_id: str, last_n: int) -> Context:
         """Validate L1 against a trusted META (Redis, else the store) or read the store."""
         cached = self._l1.get(session_id)
+        lease = None
         if self._config.consistency == "validated":
-            meta, source = await self._trusted_meta(session_id, cached)
+            meta, source, lease = await self._trusted_meta(session_id, cached)
             if source is not None:
                 if cached is not None and meta is not None:
                     ctx = self._serve_cached(cached, meta, last_n, f"l1+{source}")
@@ -557,29 +558,31 @@ class MemoryClient:
                 return self._answer(meta, newest_first, complete, count, source)
         self._l1.misses += 1
         self._telemetry.cache_lookup("l1", "miss")
-        return await self._read_store(session_id, last_n)
+        return await self._read_store(session_id, last_n, lease)
 
     async def _trusted_meta(
         self, session_id: str, cached: CachedWindow | None
-    ) -> tuple[MetaRecord | None, str | None]:
-        """A META that validated mode may trust, and where it came from (None: not looked up).
+    ) -> tuple[MetaRecord | None, str | None, str | None]:
+        """A META that validated mode may trust, where it came from (None: not looked up),
+        and the Redis lease its miss gave (for the fill of what the store says next).
 
         Redis first. If Redis is behind what this process itself wrote, or missed, and L1
         has turns worth validating, a consistent GetItem on META; otherwise nothing, and
         the caller reads META and turns together.
         """
+        lease = None
         if self._l2 is not None:
-            meta = await self._l2.get(session_id)
+            meta, lease = await self._l2.lookup(session_id)
             if meta is not None and (cached is None or cached.meta.version <= meta.version):
-                return meta, "redis"
+                return meta, "redis", None
         if cached is None or cached.newest_first is None:
-            return None, None
+            return None, None, lease
         meta = await self._store.get_meta(session_id, consistent=True)
         if meta is not None:
-            self._fill_l2(meta)
-        return meta, "store"
+            self._fill_l2(meta, lease)
+        return meta, "store", None
 
-    async def _read_store(self, session_id: str, last_n: int) -> Context:
+    async def _read_store(self, session_id: str, last_n: int, lease: str | None) -> Context:
         """Read META and the first page of turns together; fill L1 and Redis."""
         strong = self._config.consistency == "strong"
         meta_task = asyncio.ensure_future(
@@ -596,7 +599,7 @@ class MemoryClient:
             elif not meta_task.cancelled():
                 meta_task.exception()  # retrieved: the query's own error is the one raised
         if stored is not None:
-            self._fill_l2(stored)
+            self._fill_l2(stored, lease)
         meta = rules.live_meta(stored, self._clock.time_ms() // 1000)
         if meta is None:
             return self._absent(session_id, stored)
@@ -1358,10 +1361,15 @@ class MemoryClient:
                 return
             await asyncio.sleep(delay)
 
-    def _fill_l2(self, meta: MetaRecord) -> None:
-        """Read-through: offer a META read from the store to Redis, off the caller's path."""
+    def _fill_l2(self, meta: MetaRecord, lease: str | None) -> None:
+        """Read-through: offer a META read from the store to Redis, off the caller's path.
+
+        `lease`: from the Redis lookup that missed before the store was read. Without one
+        the fill only replaces an older META; it never lands on an absent key.
+        """
         if self._l2 is not None:
-            self._spawn(self._l2.put(meta, now_s=self._clock.time_ms() // 1000))
+            now_s = self._clock.time_ms() // 1000
+            self._spawn(self._l2.fill(meta, now_s=now_s, lease=lease))
 
     def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
         if len(self._background) >= _MAX_BACKGROUND_TASKS:

@@ -499,7 +499,7 @@ class Telemetry:
             self._counts[key] = self._counts.get(key, 0) + 1
 
     def redis_bypassed(self, operation: str) -> None:
-        """A Redis operation (get, put, invalidate) was skipped: the breaker is open."""
+        """A Redis operation (get, put, fill, invalidate) was skipped: the breaker is open."""
         if self.enabled:
             self._count("memsdk.redis.bypassed", ("memsdk.cache.operation", operation))
             self.event("memsdk.redis.bypassed", {"memsdk.cache.operation": operation})

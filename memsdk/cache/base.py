@@ -6,13 +6,13 @@ raises, and a failure is a miss. The store stays the only place a conversation l
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import msgspec
 
 from memsdk.store.base import MetaRecord
 
-__all__ = ["CacheObserver", "CallGate", "MetaCache", "MetaCacheStats"]
+__all__ = ["CacheLookup", "CacheObserver", "CallGate", "MetaCache", "MetaCacheStats"]
 
 
 class MetaCacheStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -27,6 +27,15 @@ class MetaCacheStats(msgspec.Struct, frozen=True, kw_only=True):
     # Misses on a META that another primary stored (before a failover or a restart, or
     # before a reshard moved it): never trusted, it may be older than an acknowledged write.
     previous_epoch: int = 0
+
+
+class CacheLookup(NamedTuple):
+    """What a lookup found: the META, or on a miss maybe a lease for the fill that follows."""
+
+    meta: MetaRecord | None
+    # Granted on a miss to one reader at a time; it lets fill() store what the store said
+    # after the lookup, unless a write-through, an invalidation or the key's loss came first.
+    lease: str | None
 
 
 class CallGate(Protocol):
@@ -61,7 +70,7 @@ class CacheObserver(Protocol):
         ended_ns: int,
         error: str | None,
     ) -> None:
-        """`operation`: get, put or invalidate; `command`: what was sent (EVALSHA, DEL);
+        """`operation`: get, put, fill or invalidate; `command`: what was sent (EVALSHA, DEL);
         `outcome`: hit, miss, stored, refused, deleted, error or bypassed (not sent: the
         breaker is open); `error`: its type."""
         ...
@@ -85,6 +94,19 @@ class MetaCache(Protocol):
 
     async def get(self, session_id: str) -> MetaRecord | None:
         """The cached META (live or a tombstone), or None on a miss or any cache trouble."""
+        ...
+
+    async def lookup(self, session_id: str) -> CacheLookup:
+        """get(), and on a miss a lease for fill() (None if another reader holds one)."""
+        ...
+
+    async def fill(self, meta: MetaRecord, *, now_s: int, lease: str | None) -> bool:
+        """Read-through: cache `meta`, read from the store after lookup() gave `lease`.
+
+        Stored only where no newer write can have gone through since that lookup: over the
+        lease, or over an older META. Never where the key is absent: a write-through lost
+        with the key (flush, eviction, restart) may be newer than `meta`. True if stored.
+        """
         ...
 
     async def put(self, meta: MetaRecord, *, now_s: int, essential: bool = False) -> bool:

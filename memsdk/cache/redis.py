@@ -16,6 +16,12 @@ store read per session), never a stale context. It also refuses to answer on a r
 (a demoted primary that clients are still connected to) and on a primary that has lost
 the replicas `min-replicas-to-write` asks for (the old side of a partition).
 
+A read-through fill (a META read from the store after a miss) must not land once a newer
+META may have been written through and lost with the key (a flush, an eviction, a
+restart): a compare-and-set finds nothing to compare with then. So a miss leaves a lease
+in the key (`L` .. token, a few seconds), and a fill lands only over its own lease or over
+an older value of the current epoch; a write-through or invalidation ends the lease.
+
 Every redis, OS, timeout or decode failure is a miss (or False) and a count in `errors`;
 only asyncio.CancelledError escapes. Values hold customer ids and page context: they are
 never logged, and neither are keys.
@@ -27,6 +33,7 @@ import asyncio
 import hashlib
 import logging
 import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, cast
@@ -42,7 +49,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from memsdk.cache.base import CacheObserver, CallGate, MetaCacheStats
+from memsdk.cache.base import CacheLookup, CacheObserver, CallGate, MetaCacheStats
 from memsdk.config import RedisSpec, parse_redis_url
 from memsdk.errors import ConfigError
 from memsdk.logs import RateLimitedLog
@@ -58,6 +65,11 @@ _JSON_ENCODER: Final = msgspec.json.Encoder()
 _JSON_DECODER: Final = msgspec.json.Decoder(MetaRecord)
 _VERSION_DIGITS: Final = 20
 _EPOCH_DIGITS: Final = 40  # a master_replid
+# How long a lookup's lease waits for its fill: a store read (read_timeout, 1 s by default)
+# with room to spare. A lease whose holder never fills (the session is absent, or the
+# process died) only keeps other readers' fills out until then: they read the store anyway.
+_LEASE_MS: Final = 5000
+_MISS: Final = CacheLookup(None, None)
 _MAX_VERSION: Final = 10**_VERSION_DIGITS - 1
 # Session ids are validated upstream; this only guards key construction (fullmatch: no
 # trailing newline, no braces that would change the hash tag).
@@ -91,7 +103,8 @@ end
 # version .. epoch .. payload. Equal-length digit strings order like the numbers they spell.
 # A value from another epoch may be replaced by the same version (re-stamped: the caller
 # read it from the store), never by an older one. A stored value without a well-formed
-# prefix is foreign or corrupt: overwrite it rather than let it block forever.
+# prefix is foreign or corrupt, or a reader's lease (which a write-through ends): overwrite
+# it rather than let it block forever.
 _PUT_LUA: Final = (
     _EPOCH_LUA
     + """
@@ -113,13 +126,32 @@ return 1
 """
 )
 
-# KEYS[1] = key. The value if it was stored in this primary's epoch (or is malformed: the
-# caller drops it); 0 if in another epoch (a miss); nil if absent (INFO is not needed then).
+# KEYS[1] = key; ARGV[1] = a lease token ('' for none), ARGV[2] = the lease's TTL in ms.
+# The value if it was stored in this primary's epoch (or is malformed: the caller drops it).
+# A miss otherwise: 1 if the key was absent and now holds our lease, 2 if it held another
+# primary's value and now holds our lease, 0 for such a value without a lease, nil for an
+# absent key without a lease or a key holding another reader's lease. A lease is `L` ..
+# token: only a fill carrying that token may replace it (see _FILL_LUA); a write-through,
+# an invalidation or the key's loss ends it. pcall: a replica or a full noeviction Redis
+# refuses the SET, and that is a miss without a lease, not an error.
 _GET_LUA: Final = (
     _EPOCH_LUA
     + """
+local function lease(granted)
+  if ARGV[1] == '' then
+    return nil
+  end
+  local ok = redis.pcall('SET', KEYS[1], 'L' .. ARGV[1], 'PX', ARGV[2])
+  if type(ok) == 'table' and ok.ok then
+    return granted
+  end
+  return nil
+end
 local cur = redis.call('GET', KEYS[1])
 if not cur then
+  return lease(1)
+end
+if string.sub(cur, 1, 1) == 'L' then
   return nil
 end
 local epoch, err = primary_epoch()
@@ -129,9 +161,45 @@ end
 local version = string.sub(cur, 1, 20)
 if string.sub(cur, 21, 60) ~= epoch and string.len(version) == 20
     and not string.find(version, '%D') then
-  return 0
+  return lease(2) or 0
 end
 return cur
+"""
+)
+
+# KEYS[1] = key; ARGV[1] = 20-digit version .. payload; ARGV[2] = TTL in seconds; ARGV[3] =
+# the lease token of the lookup that missed ('' for none). A read-through fill: the META
+# was read from the store after that lookup, and a newer write may have committed since.
+# So it lands only where nothing newer can have been written through: over its own lease
+# (no write-through, invalidation or loss of the key since the lookup), or over an older
+# value this primary stored. Never on an absent key (lost since the lookup: a newer
+# write-through may have been lost with it), another reader's lease, another primary's
+# value or a malformed one.
+_FILL_LUA: Final = (
+    _EPOCH_LUA
+    + """
+local epoch, err = primary_epoch()
+if not epoch then
+  return redis.error_reply(err)
+end
+local new = string.sub(ARGV[1], 1, 20)
+local cur = redis.call('GET', KEYS[1])
+if not cur then
+  return 0
+end
+if string.sub(cur, 1, 1) == 'L' then
+  if ARGV[3] == '' or cur ~= 'L' .. ARGV[3] then
+    return 0
+  end
+else
+  local old = string.sub(cur, 1, 20)
+  if string.len(old) ~= 20 or string.find(old, '%D')
+      or string.sub(cur, 21, 60) ~= epoch or old >= new then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], new .. epoch .. string.sub(ARGV[1], 21), 'EX', ARGV[2])
+return 1
 """
 )
 
@@ -151,7 +219,9 @@ class _Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
-    async def __call__(self, client: Redis | RedisCluster, key: str, *args: bytes | int) -> Any:
+    async def __call__(
+        self, client: Redis | RedisCluster, key: str, *args: bytes | str | int
+    ) -> Any:
         # Not redis-py's Script: it reloads with SCRIPT LOAD, which a cluster client sends
         # to every primary; EVAL reaches only the key's node and needs no second round trip.
         # redis-py types eval/evalsha as `Awaitable[str] | str` for sync and async alike.
@@ -163,8 +233,9 @@ class _Script:
 
 _PUT: Final = _Script(_PUT_LUA)
 _GET: Final = _Script(_GET_LUA)
+_FILL: Final = _Script(_FILL_LUA)
 # What each cache operation sends, as Redis (and its slowlog) names it.
-_COMMANDS: Final = {"get": "EVALSHA", "put": "EVALSHA", "invalidate": "DEL"}
+_COMMANDS: Final = {"get": "EVALSHA", "put": "EVALSHA", "fill": "EVALSHA", "invalidate": "DEL"}
 _DROP: Final = _Script(_DROP_LUA)
 
 
@@ -373,51 +444,85 @@ class RedisMetaCache:
 
     async def get(self, session_id: str) -> MetaRecord | None:
         """The cached META (live or a tombstone), or None on a miss or any trouble."""
+        return (await self._lookup(session_id, "")).meta
+
+    async def lookup(self, session_id: str) -> CacheLookup:
+        """get(), and on a miss a lease that lets fill() store what the store then says."""
+        return await self._lookup(session_id, secrets.token_hex(8))
+
+    async def _lookup(self, session_id: str, token: str) -> CacheLookup:
         key = self._key(session_id)
         client = self._client
         if key is None or client is None:
             self._fail_get("closed" if key is not None else "bad_session_id", None)
-            return None
+            return _MISS
         started = time.time_ns()
-        outcome = await self._send(client, lambda: _GET(client, key))
+        outcome = await self._send(client, lambda: _GET(client, key, token, _LEASE_MS))
         if outcome is _BYPASSED:
             self._misses += 1
             self._tell("get", "bypassed", started, None)
-            return None
+            return _MISS
         if isinstance(outcome, _Failed):
             self._fail_get(_kind(outcome.error), outcome.error)
             self._tell("get", "error", started, outcome.error)
-            return None
-        if outcome == 0:
+            return _MISS
+        if outcome in (0, 2):
             # Stored by another primary (before a failover or restart, or before a reshard
             # moved it here): maybe older than an acknowledged append. A miss; the next
-            # write or read-through fill re-stamps it.
+            # write, or the fill of the lease that replaced it, stores a current one.
             self._misses += 1
             self._previous_epoch += 1
             self._warn("meta_stored_by_another_primary", None)
             self._tell("get", "miss", started, None)
-            return None
-        raw = cast(bytes | None, outcome)
-        if raw is None:
+            return _MISS if outcome == 0 else CacheLookup(None, token)
+        if outcome is None or outcome == 1:
             self._misses += 1
             self._tell("get", "miss", started, None)
-            return None
+            return _MISS if outcome is None else CacheLookup(None, token)
+        raw = cast(bytes, outcome)
         try:
             meta = _decode(raw)
         except _DecodeError:
             await self._drop(client, key, raw)
             self._fail_get("undecodable_value", None)
             self._tell("get", "error", started, None)
-            return None
+            return _MISS
         self._hits += 1
         self._tell("get", "hit", started, None)
-        return meta
+        return CacheLookup(meta, None)
 
     async def put(self, meta: MetaRecord, *, now_s: int, essential: bool = False) -> bool:
         """Cache `meta` unless a version >= meta.version is cached; True if stored.
 
         `essential` (a write-through): sent even while the breaker is open, see _send.
         """
+        return await self._write(
+            "put",
+            meta,
+            now_s,
+            lambda client, key, value, ttl: _PUT(client, key, value, ttl),
+            essential=essential,
+        )
+
+    async def fill(self, meta: MetaRecord, *, now_s: int, lease: str | None) -> bool:
+        """Cache `meta` read from the store after a lookup, if nothing newer can have been
+        written since: over that lookup's lease, or over an older value; True if stored."""
+        return await self._write(
+            "fill",
+            meta,
+            now_s,
+            lambda client, key, value, ttl: _FILL(client, key, value, ttl, lease or ""),
+        )
+
+    async def _write(
+        self,
+        operation: str,
+        meta: MetaRecord,
+        now_s: int,
+        script: Callable[[Redis | RedisCluster, str, bytes, int], Awaitable[Any]],
+        *,
+        essential: bool = False,
+    ) -> bool:
         key = self._key(meta.session_id)
         client = self._client
         if key is None or client is None:
@@ -434,20 +539,20 @@ class RedisMetaCache:
             return self._fail("unencodable_meta", exc)
         started = time.time_ns()
         stored = await self._send(
-            client, lambda: _PUT(client, key, value, ttl), essential=essential
+            client, lambda: script(client, key, value, ttl), essential=essential
         )
         if stored is _BYPASSED:
-            self._tell("put", "bypassed", started, None)
+            self._tell(operation, "bypassed", started, None)
             return False
         if isinstance(stored, _Failed):
-            self._tell("put", "error", started, stored.error)
+            self._tell(operation, "error", started, stored.error)
             return self._fail(_kind(stored.error), stored.error)
         if stored == 1:
             self._writes += 1
-            self._tell("put", "stored", started, None)
+            self._tell(operation, "stored", started, None)
             return True
         self._refused += 1
-        self._tell("put", "refused", started, None)
+        self._tell(operation, "refused", started, None)
         return False
 
     async def invalidate(self, session_id: str, *, essential: bool = False) -> bool:

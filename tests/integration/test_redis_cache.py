@@ -288,6 +288,94 @@ async def test_a_value_without_an_epoch_is_a_miss_and_replaced(server: RedisServ
         assert await cache.get("s") == meta("s", 3)
 
 
+# --- read-through fills: leases -------------------------------------------------------
+
+
+async def test_a_miss_leases_the_key_to_one_reader_and_its_fill_lands(server: RedisServer) -> None:
+    async with opened(server.url) as cache:
+        first = await cache.lookup("s")
+        assert first.meta is None and first.lease is not None
+        assert (await cache.lookup("s")).lease is None  # one reader at a time fills
+        assert await cache.get("s") is None  # a lease is a miss, never a value
+        assert 0 < server.command("PTTL", key("s")) <= 5000  # ends on its own
+        assert not await cache.fill(meta("s", 3), now_s=NOW, lease=None)  # not the holder
+        assert not await cache.fill(meta("s", 3), now_s=NOW, lease="f" * 16)
+        assert await cache.fill(meta("s", 3), now_s=NOW, lease=first.lease)
+        assert await cache.get("s") == meta("s", 3)
+        assert 3590 < server.command("TTL", key("s")) <= 3600  # the session's TTL, as put()
+        hit = await cache.lookup("s")
+        assert hit == (meta("s", 3), None)
+        stats = cache.stats()
+        assert (stats.errors, stats.writes, stats.stale_writes_refused) == (0, 1, 2)
+
+
+@pytest.mark.parametrize("lost_by", ["flushall", "invalidate", "eviction"])
+async def test_a_fill_never_lands_after_the_key_was_lost(server: RedisServer, lost_by: str) -> None:
+    """The race the property machine found: a reader read META v1 from the store, a writer
+    wrote v2 through, Redis lost the key, then the reader's fill arrived. Storing v1 then
+    made validated readers trust it over the store's v2."""
+    async with opened(server.url) as cache:
+        lease = (await cache.lookup("s")).lease
+        assert lease is not None
+        assert await cache.put(meta("s", 2), now_s=NOW, essential=True)  # the write-through
+        if lost_by == "flushall":
+            server.command("FLUSHALL")
+        elif lost_by == "invalidate":
+            assert await cache.invalidate("s")
+        else:
+            server.command("DEL", key("s"))  # what allkeys-lru does to a cold key
+        assert not await cache.fill(meta("s", 1), now_s=NOW, lease=lease)
+        assert server.command("EXISTS", key("s")) == 0
+        # The next reader's lookup leases the key again and fills what the store says.
+        again = await cache.lookup("s")
+        assert again.lease is not None and again.lease != lease
+        assert not await cache.fill(meta("s", 1), now_s=NOW, lease=lease)  # still not
+        assert await cache.fill(meta("s", 2), now_s=NOW, lease=again.lease)
+        assert await cache.get("s") == meta("s", 2)
+
+
+async def test_a_write_through_ends_a_lease_and_a_fill_only_replaces_older(
+    server: RedisServer,
+) -> None:
+    async with opened(server.url) as cache:
+        lease = (await cache.lookup("s")).lease
+        assert await cache.put(meta("s", 2), now_s=NOW, essential=True)  # replaces the lease
+        assert not await cache.fill(meta("s", 1), now_s=NOW, lease=lease)
+        assert not await cache.fill(meta("s", 2), now_s=NOW, lease=lease)
+        # Over a value this primary stored, a fill needs no lease: newer replaces older.
+        assert await cache.fill(meta("s", 3), now_s=NOW, lease=None)
+        assert await cache.get("s") == meta("s", 3)
+
+
+async def test_another_primarys_value_is_replaced_only_through_a_lease(
+    server: RedisServer,
+) -> None:
+    async with opened(server.url) as cache:
+        assert await cache.put(meta("s", 5), now_s=NOW)
+        promote_in_place(server)
+        # Never re-stamped by a fill without a lease: the store may hold a newer META whose
+        # write-through the old primary took and lost.
+        assert not await cache.fill(meta("s", 6), now_s=NOW, lease=None)
+        found = await cache.lookup("s")
+        assert found.meta is None and found.lease is not None
+        assert cache.stats().previous_epoch == 1
+        assert server.command("GET", key("s")) == b"L" + found.lease.encode()
+        assert await cache.fill(meta("s", 5), now_s=NOW, lease=found.lease)
+        assert await cache.get("s") == meta("s", 5)
+
+
+async def test_a_full_noeviction_redis_gives_no_lease_and_no_error() -> None:
+    srv = RedisServer().start(maxmemory_policy="noeviction")
+    try:
+        async with opened(srv.url) as cache:
+            srv.config_set("maxmemory", "1")
+            assert await cache.lookup("s") == (None, None)
+            assert srv.command("EXISTS", key("s")) == 0
+            assert cache.stats().errors == 0 and cache.stats().misses == 1
+    finally:
+        srv.stop()
+
+
 async def test_a_replica_is_never_read() -> None:
     primary = RedisServer().start()
     replica = RedisServer().start(replicaof=f"127.0.0.1 {primary.port}")
@@ -300,8 +388,10 @@ async def test_a_replica_is_never_read() -> None:
             await asyncio.sleep(0.02)
         async with opened(replica.url) as cache:
             assert await cache.get("s") is None  # READONLY from the script: an error
+            assert await cache.lookup("absent") == (None, None)  # no lease on a replica
             assert await cache.put(meta("s", 2), now_s=NOW) is False
             assert cache.stats().errors == 2 and cache.stats().hits == 0
+            assert replica.command("EXISTS", key("absent")) == 0
     finally:
         replica.stop()
         primary.stop()

@@ -16,10 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memsdk import MemoryClient, Turn
+from memsdk.cache.base import CacheLookup, MetaCacheStats
+from memsdk.cache.redis import RedisMetaCache
 from memsdk.client import build_store
 from memsdk.config import Config
 from memsdk.errors import StoreUnavailableError
-from memsdk.testing import CountingStore, FaultyStore
+from memsdk.store.base import MetaRecord
+from memsdk.testing import CountingStore, FakeClock, FaultyStore
 from tests.conftest import TEST_TIMEOUTS, ClientFactory
 from tests.harness.redis_server import RedisCluster3, RedisServer, free_port
 
@@ -310,3 +313,72 @@ async def test_a_writer_with_an_open_breaker_still_writes_through(
         assert [t.content for t in ctx.turns] == ["t0", "t1", "t2", "t3"]
     finally:
         server.stop()
+
+
+class _HeldFills:
+    """A RedisMetaCache whose read-through fills wait until the test releases them."""
+
+    def __init__(self, inner: RedisMetaCache) -> None:
+        self.inner = inner
+        self.release = asyncio.Event()
+        self.results: list[bool] = []
+
+    @property
+    def description(self) -> str:
+        return self.inner.description
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def get(self, session_id: str) -> MetaRecord | None:
+        return await self.inner.get(session_id)
+
+    async def lookup(self, session_id: str) -> CacheLookup:
+        return await self.inner.lookup(session_id)
+
+    async def fill(self, meta: MetaRecord, *, now_s: int, lease: str | None) -> bool:
+        await self.release.wait()
+        stored = await self.inner.fill(meta, now_s=now_s, lease=lease)
+        self.results.append(stored)
+        return stored
+
+    async def put(self, meta: MetaRecord, *, now_s: int, essential: bool = False) -> bool:
+        return await self.inner.put(meta, now_s=now_s, essential=essential)
+
+    async def invalidate(self, session_id: str, *, essential: bool = False) -> bool:
+        return await self.inner.invalidate(session_id, essential=essential)
+
+    def stats(self) -> MetaCacheStats:
+        return self.inner.stats()
+
+
+async def test_a_late_fill_after_redis_lost_the_key_never_hides_a_write(
+    make_client: ClientFactory,
+    store_settings: dict[str, Any],
+    clock: FakeClock,
+    redis_server: RedisServer,
+) -> None:
+    """Found by tests/property: a reader's read-through fill of META v1, read from the
+    store before a writer's v2, landed after Redis lost the key (and v2's write-through
+    with it); validated readers then trusted v1 and served a window without the new turn."""
+    writer = await make_client(redis_url=redis_server.url)
+    held = _HeldFills(RedisMetaCache(redis_server.url, timeout=1.0, connect_timeout=1.0))
+    config = Config(**store_settings, **TEST_TIMEOUTS, redis_url=redis_server.url)
+    async with MemoryClient(config, clock=clock, meta_cache=held) as reader:
+        await writer.append_turn("s", user("q1"))
+        redis_server.command("FLUSHALL")
+        first = await reader.load_context("s")  # a miss: META v1 from the store, fill held
+        assert [t.content for t in first.turns] == ["q1"] and first.source == "store"
+        await writer.append_turn("s", user("q2"))  # v2, written through
+        redis_server.command("FLUSHALL")  # ...and lost
+        held.release.set()
+        deadline = time.monotonic() + 10
+        while not held.results:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        ctx = await reader.load_context("s")  # its L1 window says v1: must not be trusted
+        assert [t.content for t in ctx.turns] == ["q1", "q2"]
+        assert held.results[0] is False  # because the fill of v1 was refused

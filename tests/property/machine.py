@@ -457,13 +457,8 @@ class MemoryMachine(RuleBasedStateMachine):
     @rule(action=st.sampled_from(["flushall", "kill", "restart"]))
     def redis(self, action: str) -> None:
         server = self.env.redis
-        if KNOWN_BUG_GUARDS:
-            # Known issue (docs/guarantees.md): a read-through fill of an older META still
-            # in flight when Redis loses the key lands afterwards and is trusted. Let the
-            # clients' background cache work finish first.
-            for client in self.clients.values():
-                if client._background:
-                    self.run(asyncio.wait(list(client._background), timeout=0.2))
+        # No waiting for the clients' background cache work: a read-through fill still in
+        # flight when Redis loses the key must be refused (its lease is gone with the key).
         if action == "flushall" and server.running:
             server.command("FLUSHALL")
         elif action == "kill" and server.running:
