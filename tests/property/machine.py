@@ -230,11 +230,16 @@ class MemoryMachine(RuleBasedStateMachine):
             return
         self._check_contains(ctx, model.own_turns(slot, self.now_s), "its own turns")
         last_pc = last_attrs = None
+        # When the session certainly existed until (writes known to have landed): a write
+        # after that may start a new incarnation, which keeps no META field of the old one.
+        # Forgetting there is lenient (nothing left to check), never wrong.
+        expires_at = 0
         for op in model.ops:
-            if op.kind == "delete":
+            if op.kind == "delete" or expires_at <= op.time_s:
                 last_pc = last_attrs = None
             if op.status != "durable":
                 continue
+            expires_at = 0 if op.kind == "delete" else op.time_s + model.ttl_s
             if op.page_context is not None:
                 last_pc = op
             if op.attributes is not None:
