@@ -211,4 +211,5 @@ async def test_a_surge_beyond_capacity_is_throttled_bounded_and_drains(
     for session, contents in acked.items():
         stored, turn_count = await stored_contents(direct_url, session)
         assert stored == contents, session
-        assert turn_count == len(contents)
+        # Seen once (28 against 26), never reproduced since: say which session and counts.
+        assert turn_count == len(contents), (session, turn_count, len(contents), surge)
