@@ -1299,6 +1299,22 @@ class MemoryClient:
         if self._l2 is not None and not await self._l2.invalidate(session_id):
             self._spawn(self._repair_l2(session_id))
 
+    async def _after_earlier_attempt(self, session_id: str, stored: MetaRecord | None) -> None:
+        """The turns were already in the store, under a META this call did not plan.
+
+        An earlier attempt wrote them (its reply lost, or a crashed process's flush that
+        its log replay now repeats), on another base: `write.meta` is not what the store
+        holds, so it must not go into L1 or Redis. Keep the stored META as a hint (or
+        nothing, if the store did not say), and drop Redis's META: the earlier attempt may
+        never have written through.
+        """
+        if stored is None:
+            self._forget(session_id)
+        else:
+            self._remember(session_id, stored)
+        if self._l2 is not None and not await self._l2.invalidate(session_id, essential=True):
+            self._spawn(self._repair_l2(session_id))
+
     def _forget(self, session_id: str) -> None:
         self._l1.pop(session_id)
         self._meta_hints.pop(session_id, None)
@@ -1438,8 +1454,11 @@ class MemoryClient:
                     sent = True
                     outcome = await self._store.commit(write)
                     if outcome.applied:
-                        self._after_write(write)
-                        await self._write_through(write.meta)
+                        if outcome.already_applied and outcome.current != write.meta:
+                            await self._after_earlier_attempt(session_id, outcome.current)
+                        else:
+                            self._after_write(write)
+                            await self._write_through(write.meta)
                         return write
                     sent = False
                     if outcome.existing_turn_ids and on_existing is not None:

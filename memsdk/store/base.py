@@ -101,7 +101,11 @@ class CommitOutcome(msgspec.Struct, frozen=True, kw_only=True):
     """Result of Store.commit.
 
     applied=True: the write is in the store (now, or already from an earlier attempt whose
-    reply was lost: every TURN item of the write exists with identical content).
+    reply was lost: every TURN item of the write exists with identical content). In that
+    second case `already_applied` is True and `current` is the stored META when the store
+    returned it: the earlier attempt may have written another META than this one (planned
+    on another base), so the caller must not take `write.meta` for what the store holds
+    unless they are equal.
     applied=False: the expectation failed and nothing was written; `current` is the stored
     META (possibly expired) or None when there is none, or when the store could not say.
     `existing_turn_ids`: turns of the write that already exist with identical content (an
@@ -111,6 +115,7 @@ class CommitOutcome(msgspec.Struct, frozen=True, kw_only=True):
     applied: bool
     current: MetaRecord | None = None
     existing_turn_ids: frozenset[str] = frozenset()
+    already_applied: bool = False
 
 
 class Store(Protocol):

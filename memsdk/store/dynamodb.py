@@ -293,7 +293,14 @@ class DynamoDBStore:
             reason.Item is None or item_to_turn(reason.Item) == turn for turn, reason in existing
         ]
         if n_turns and len(existing) == n_turns and all(same):
-            return CommitOutcome(applied=True)
+            # Applied by an earlier attempt; its META may not be this attempt's (see
+            # CommitOutcome): the stored one, when the META condition returned it.
+            meta_item = reasons[0].Item if reasons[0].Code == "ConditionalCheckFailed" else None
+            return CommitOutcome(
+                applied=True,
+                current=None if meta_item is None else item_to_meta(meta_item),
+                already_applied=True,
+            )
         if not all(same):
             raise StoreError(
                 "turn id collision: a TURN item with the same id and different content "

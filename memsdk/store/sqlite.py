@@ -341,9 +341,11 @@ def _commit_sync(conn: sqlite3.Connection, *, write: SessionWrite) -> CommitOutc
                 )
             landed.add(sk[len(_TURN_PREFIX) :])
         if turn_rows and len(landed) == len(turn_rows):
-            # An earlier attempt of this very write landed and only its reply was lost.
+            # An earlier attempt of these turns landed and only its reply was lost. Its META
+            # may not be this attempt's (planned on another base, e.g. by a client that
+            # replays a crashed one's log): say which META the store holds.
             conn.execute("ROLLBACK")
-            return CommitOutcome(applied=True)
+            return CommitOutcome(applied=True, current=current, already_applied=True)
         if landed or not _expectation_holds(current, write):
             conn.execute("ROLLBACK")
             return CommitOutcome(

@@ -252,6 +252,37 @@ async def test_a_replay_after_delete_never_resurrects_the_session(
     assert await stored(open_client, "s1") == ([], None)
 
 
+async def test_a_replay_of_turns_that_landed_never_caches_a_meta_the_store_never_held(
+    open_client: Any,
+    store_settings: dict[str, Any],
+    wal_dir: str,
+    tmp_path: Path,
+    clock: FakeClock,
+) -> None:
+    """Found by the property machine (long profile): a replaying client plans its batch on
+    no META (it has never seen the session), finds every turn already stored (the crashed
+    process's flush landed), and took its own plan (turn_count 2, a complete window of
+    the replayed turns) for the store's META: a sticky read then lost the older turns."""
+    writer = await open_client()
+    await writer.append_turns("s1", pair(0))
+    clock.advance(0.01)  # the buffered writer never saw the session: order by time
+    store = faulty(store_settings)
+    store.down = True
+    mem = await open_client(store=store, wal_dir=wal_dir, wal_close_timeout=0.1)
+    await mem.append_turns("s1", pair(1))
+    crashed = tmp_path / "wal-after-power-cut"  # the record acknowledged, not confirmed
+    shutil.copytree(wal_dir, crashed, ignore=shutil.ignore_patterns("LOCK"))
+    store.down = False
+    await mem.flush(timeout=30)
+    await mem.aclose()
+    replayed = await open_client(wal_dir=str(crashed), consistency="sticky")
+    await replayed.flush(timeout=30)
+    ctx = await replayed.load_context("s1")
+    assert [t.content for t in ctx.turns] == ["q0", "a0", "q1", "a1"]
+    assert ctx.meta is not None and ctx.meta.turn_count == 4
+    assert await stored(open_client, "s1") == (["q0", "a0", "q1", "a1"], 4)
+
+
 async def test_buffered_append_checks_the_owner_of_pending_and_stored_sessions(
     open_client: Any, store_settings: dict[str, Any], wal_dir: str
 ) -> None:
