@@ -587,3 +587,45 @@ async def test_round_trip_arbitrary_unicode_and_json(
         receipt.turn_ids[0],
     )
     assert got.attributes == attributes
+
+
+class HeldAfterTheStoreAnswered(CountingStore):
+    """Once armed, a read gets its answer from the store and then waits for `release`."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.armed = False
+        self.answered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def query_turns(
+        self, session_id: str, *, before_turn_id: str | None, limit: int, consistent: bool
+    ) -> Any:
+        turns = await super().query_turns(
+            session_id, before_turn_id=before_turn_id, limit=limit, consistent=consistent
+        )
+        if self.armed:
+            self.armed = False
+            self.answered.set()
+            await self.release.wait()
+        return turns
+
+
+async def test_a_read_never_caches_its_answer_over_a_newer_write_of_this_process(
+    make_client: ClientFactory, store_settings: dict[str, Any]
+) -> None:
+    """Found by tests/property: a sticky read that began before this process's own append
+    put its older window into L1 after the append's, and the next sticky read served it
+    without the appended turn."""
+    writer = await make_client()
+    store = HeldAfterTheStoreAnswered(build_store(Config(**store_settings)))
+    mem = await make_client(store=store, consistency="sticky")
+    await writer.append_turn("sess-race", user("a"))
+    store.armed = True
+    read = asyncio.ensure_future(mem.load_context("sess-race"))
+    await store.answered.wait()  # the store said [a]; the answer is not cached yet
+    await mem.append_turn("sess-race", user("b"))
+    store.release.set()
+    assert [t.content for t in (await read).turns] == ["a"]  # true when it was read
+    ctx = await mem.load_context("sess-race")
+    assert [t.content for t in ctx.turns] == ["a", "b"]
