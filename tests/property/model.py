@@ -138,6 +138,19 @@ class SessionModel:
                 self.ops.remove(op)
                 self.add(replace(op, status="maybe", decided=None, orphaned=True))
 
+    def below_a_deleted_incarnation(self, turn_id: str) -> bool:
+        """Whether `turn_id` may sort at or below the newest turn written before the
+        session's last delete: the deleted incarnation's floor, under which a flusher drops
+        buffered turns (known limit, docs/guarantees.md). True when unsure (a maybe write
+        before the delete whose ids are unknown)."""
+        deletes = [i for i, op in enumerate(self.ops) if op.kind == "delete"]
+        if not deletes:
+            return False
+        before = [t.turn_id for op in self.ops[: deletes[-1]] for t in op.turns]
+        if any(t.startswith("?") for t in before):
+            return True
+        return bool(before) and turn_id <= max(before)
+
     # ------------------------------------------------------------------ worlds
 
     def _unknown_maybes(self) -> list[int]:
