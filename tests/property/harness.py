@@ -126,9 +126,10 @@ async def abandon(client: MemoryClient, *, write_queued: bool = False) -> None:
         # The single worker thread finishes a write it had started, then drops the lock.
         await loop.run_in_executor(wal._executor, wal._release)
         wal._executor.shutdown(wait=True)
-    for task in list(client._background):
+    probes = [client._recovery_probe] if client._recovery_probe is not None else []
+    for task in [*client._background, *probes]:
         task.cancel()
-    await asyncio.gather(*client._background, return_exceptions=True)
+    await asyncio.gather(*client._background, *probes, return_exceptions=True)
     if client._l2 is not None:
         await client._l2.aclose()
     await client._store.aclose()
