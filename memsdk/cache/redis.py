@@ -99,13 +99,9 @@ local function primary_epoch()
 end
 """
 
-# KEYS[1] = key; ARGV[1] = 20-digit version .. payload; ARGV[2] = TTL in seconds. Stores
-# version .. epoch .. payload. Equal-length digit strings order like the numbers they spell.
-# A value from another epoch may be replaced by the same version (re-stamped: the caller
-# read it from the store), never by an older one. A stored value without a well-formed
-# prefix is foreign or corrupt, or a reader's lease (which a write-through ends): overwrite
-# it rather than let it block forever.
-_PUT_LUA: Final = (
+# What every write script starts with: the primary's epoch (or the error that refuses a
+# non-primary), the new value's version prefix, and the value stored now.
+_WRITE_PRELUDE_LUA: Final = (
     _EPOCH_LUA
     + """
 local epoch, err = primary_epoch()
@@ -114,6 +110,18 @@ if not epoch then
 end
 local new = string.sub(ARGV[1], 1, 20)
 local cur = redis.call('GET', KEYS[1])
+"""
+)
+
+# KEYS[1] = key; ARGV[1] = 20-digit version .. payload; ARGV[2] = TTL in seconds. Stores
+# version .. epoch .. payload. Equal-length digit strings order like the numbers they spell.
+# A value from another epoch may be replaced by the same version (re-stamped: the caller
+# read it from the store), never by an older one. A stored value without a well-formed
+# prefix is foreign or corrupt, or a reader's lease (which a write-through ends): overwrite
+# it rather than let it block forever.
+_PUT_LUA: Final = (
+    _WRITE_PRELUDE_LUA
+    + """
 if cur then
   local old = string.sub(cur, 1, 20)
   if string.len(old) == 20 and not string.find(old, '%D')
@@ -176,14 +184,8 @@ return cur
 # write-through may have been lost with it), another reader's lease, another primary's
 # value or a malformed one.
 _FILL_LUA: Final = (
-    _EPOCH_LUA
+    _WRITE_PRELUDE_LUA
     + """
-local epoch, err = primary_epoch()
-if not epoch then
-  return redis.error_reply(err)
-end
-local new = string.sub(ARGV[1], 1, 20)
-local cur = redis.call('GET', KEYS[1])
 if not cur then
   return 0
 end
