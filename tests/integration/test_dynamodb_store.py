@@ -292,7 +292,8 @@ async def test_recommit_of_identical_write_is_idempotent(
     assert (await store.commit(write)).applied
     # The reply was "lost": the same write again (META condition now fails, turns exist).
     outcome = await store.commit(write)
-    assert outcome.applied and outcome.current is None
+    # Applied by the first commit, whose META (ALL_OLD of the failed condition) is this one.
+    assert outcome.applied and outcome.already_applied and outcome.current == write.meta
     assert sort_keys(await raw_items(ddb_spec)) == [
         "META",
         "SUMMARY#" + tid(1),
