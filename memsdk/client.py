@@ -1217,14 +1217,30 @@ class MemoryClient:
         dropped: list[TurnRecord] = []
 
         def plan(current: MetaRecord | None, now_ms: int) -> SessionWrite | None:
-            write, gone = rules.plan_buffered_append(
-                current,
-                session_id=session_id,
-                turns=remaining,
-                customer_id=owner,
-                now_ms=now_ms,
-                ttl_seconds=self._config.ttl_seconds,
-            )
+            def planned(turns: list[TurnRecord]) -> tuple[SessionWrite | None, list[TurnRecord]]:
+                return rules.plan_buffered_append(
+                    current,
+                    session_id=session_id,
+                    turns=turns,
+                    customer_id=owner,
+                    now_ms=now_ms,
+                    ttl_seconds=self._config.ttl_seconds,
+                )
+
+            write, gone = planned(remaining)
+            if gone:
+                # An append is whole: one whose ids straddle the floor is dropped entire,
+                # never cut in two (ids fixed within one millisecond can interleave with
+                # another writer's).
+                below = {t.turn_id for t in gone}
+                whole: set[str] = set()
+                for entry in batch:
+                    ids = {t.turn_id for t in entry.turns()}
+                    if ids & below:
+                        whole |= ids
+                if len(whole) > len(below):
+                    write, _ = planned([t for t in remaining if t.turn_id not in whole])
+                    gone = [t for t in remaining if t.turn_id in whole]
             dropped[:] = gone
             return write
 

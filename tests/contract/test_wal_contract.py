@@ -283,6 +283,27 @@ async def test_a_replay_of_turns_that_landed_never_caches_a_meta_the_store_never
     assert await stored(open_client, "s1") == (["q0", "a0", "q1", "a1"], 4)
 
 
+async def test_a_buffered_append_below_a_deleted_incarnation_is_never_cut_in_two(
+    open_client: Any, tmp_path: Path
+) -> None:
+    """Found by the property machine (long profile). A client that never saw the session
+    fixes its ids within the millisecond of the deleted incarnation's newest turn, so its
+    ids interleave with the floor (by node id: one side or the other, at random). The
+    flusher dropped the turns under it and wrote the rest: half an append. A known limit
+    drops such an append (docs/guarantees.md); never a part of it. Eight pairs of fresh
+    clients: the chance that no pair's ids straddle the floor is 1/256."""
+    for i in range(8):
+        sid = f"s-cut-{i}"
+        writer = await open_client()  # each pair of node ids orders at random
+        await writer.append_turn(sid, Turn(role="user", content="before"))
+        await writer.delete_session(sid)
+        mem = await open_client(wal_dir=str(tmp_path / f"wal-{i}"))
+        await mem.append_turns(sid, pair(i))
+        await mem.flush(timeout=30)
+        contents, _ = await stored(open_client, sid)
+        assert contents in ([], [f"q{i}", f"a{i}"]), (i, contents)
+
+
 async def test_buffered_append_checks_the_owner_of_pending_and_stored_sessions(
     open_client: Any, store_settings: dict[str, Any], wal_dir: str
 ) -> None:
