@@ -1189,8 +1189,8 @@ class MemoryClient:
 
     async def _flush_batch(self, session_id: str, batch: list[BufferedAppend]) -> None:
         """Write one batch of a session's buffered appends: its turns and META, one commit."""
-        remaining = [t for e in batch for t in e.turns()]
-        attributes = {"memsdk.wal.records": len(batch), "memsdk.turns": len(remaining)}
+        remaining = [e.turns() for e in batch]
+        attributes = {"memsdk.wal.records": len(batch), "memsdk.turns": sum(map(len, remaining))}
         with self._telemetry.background("memsdk.wal.flush", attributes):
             try:
                 await self._flush_turns(session_id, batch, remaining)
@@ -1211,42 +1211,31 @@ class MemoryClient:
                 raise
 
     async def _flush_turns(
-        self, session_id: str, batch: list[BufferedAppend], remaining: list[TurnRecord]
+        self, session_id: str, batch: list[BufferedAppend], remaining: list[list[TurnRecord]]
     ) -> None:
+        """Commit `remaining` (the batch's appends, one list of turns each) as one write."""
         owner = next((e.customer_id for e in batch if e.customer_id is not None), None)
         dropped: list[TurnRecord] = []
 
         def plan(current: MetaRecord | None, now_ms: int) -> SessionWrite | None:
-            def planned(turns: list[TurnRecord]) -> tuple[SessionWrite | None, list[TurnRecord]]:
-                return rules.plan_buffered_append(
-                    current,
-                    session_id=session_id,
-                    turns=turns,
-                    customer_id=owner,
-                    now_ms=now_ms,
-                    ttl_seconds=self._config.ttl_seconds,
-                )
-
-            write, gone = planned(remaining)
-            if gone:
-                # An append is whole: one whose ids straddle the floor is dropped entire,
-                # never cut in two (ids fixed within one millisecond can interleave with
-                # another writer's).
-                below = {t.turn_id for t in gone}
-                whole: set[str] = set()
-                for entry in batch:
-                    ids = {t.turn_id for t in entry.turns()}
-                    if ids & below:
-                        whole |= ids
-                if len(whole) > len(below):
-                    write, _ = planned([t for t in remaining if t.turn_id not in whole])
-                    gone = [t for t in remaining if t.turn_id in whole]
+            write, gone = rules.plan_buffered_append(
+                current,
+                session_id=session_id,
+                appends=remaining,
+                customer_id=owner,
+                now_ms=now_ms,
+                ttl_seconds=self._config.ttl_seconds,
+            )
             dropped[:] = gone
             return write
 
         def landed_before(turn_ids: frozenset[str]) -> None:
-            # An earlier run wrote part of these turns (a batch cut another way): skip them.
-            remaining[:] = [t for t in remaining if t.turn_id not in turn_ids]
+            # An earlier run wrote part of these appends (a batch cut another way): skip them.
+            remaining[:] = [
+                left
+                for turns in remaining
+                if (left := [t for t in turns if t.turn_id not in turn_ids])
+            ]
 
         await self._commit(session_id, plan, operation="flush", on_existing=landed_before)
         if dropped:

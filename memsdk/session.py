@@ -409,17 +409,20 @@ def plan_buffered_append(
     current: MetaRecord | None,
     *,
     session_id: str,
-    turns: Sequence[TurnRecord],
+    appends: Sequence[Sequence[TurnRecord]],
     customer_id: str | None,
     now_ms: int,
     ttl_seconds: int,
 ) -> tuple[SessionWrite | None, list[TurnRecord]]:
-    """Plan the store write of turns whose ids were fixed when the WAL acknowledged them.
+    """Plan the store write of appends whose turn ids were fixed when the WAL acknowledged
+    them (one sequence of turns per append, in log order).
 
     Returns the write (None when nothing is left to write) and the turns dropped because
-    they lie at or below the live incarnation's floor: the session was deleted, or expired
-    and was started again, after they were acknowledged. Raises SessionOwnershipError when
-    the session now belongs to another customer.
+    their append reaches at or below the live incarnation's floor: the session was deleted,
+    or expired and was started again, after they were acknowledged. An append is dropped
+    whole, never cut in two: ids fixed within one millisecond can interleave with another
+    writer's, so one append may straddle the floor. Raises SessionOwnershipError when the
+    session now belongs to another customer.
     """
     meta, expected = _base_meta(
         current,
@@ -428,8 +431,11 @@ def plan_buffered_append(
         now_ms=now_ms,
         ttl_seconds=ttl_seconds,
     )
-    keep = [t for t in turns if t.turn_id > meta.floor_turn_id]
-    dropped = [t for t in turns if t.turn_id <= meta.floor_turn_id]
+    keep: list[TurnRecord] = []
+    dropped: list[TurnRecord] = []
+    for turns in appends:
+        below = any(t.turn_id <= meta.floor_turn_id for t in turns)
+        (dropped if below else keep).extend(turns)
     if not keep:
         return None, dropped
     last = max(meta.last_turn_id or "", *(t.turn_id for t in keep))

@@ -131,7 +131,7 @@ def test_buffered_append_joins_an_incarnation_started_after_it_was_acknowledged(
     write, dropped = plan_buffered_append(
         created.meta,
         session_id="s",
-        turns=pending,
+        appends=[pending],
         customer_id="C",
         now_ms=t0 + 6_000,
         ttl_seconds=86_400,
@@ -175,7 +175,7 @@ def test_buffered_append_drops_turns_of_a_deleted_incarnation() -> None:
     write, dropped = plan_buffered_append(
         tombstone,
         session_id="s",
-        turns=stale,
+        appends=[stale],
         customer_id=None,
         now_ms=t0 + 30,
         ttl_seconds=86_400,
@@ -186,7 +186,7 @@ def test_buffered_append_drops_turns_of_a_deleted_incarnation() -> None:
     write, dropped = plan_buffered_append(
         tombstone,
         session_id="s",
-        turns=fresh,
+        appends=[fresh],
         customer_id=None,
         now_ms=t0 + 30,
         ttl_seconds=86_400,
@@ -195,6 +195,19 @@ def test_buffered_append_drops_turns_of_a_deleted_incarnation() -> None:
     assert write.expected_version == tombstone.version
     assert write.meta.floor_turn_id == high_water(tombstone)
     assert (write.meta.turn_count, write.meta.last_turn_id) == (1, fresh[0].turn_id)
+    # One append whose ids straddle the floor is dropped whole, never cut in two; the
+    # next append of the same batch, above the floor, is written.
+    straddling = _buffered([f"{t0:013d}0000ffffffff", f"{t0 + 25:013d}0001bbbbbbbb"])
+    write, dropped = plan_buffered_append(
+        tombstone,
+        session_id="s",
+        appends=[straddling, fresh],
+        customer_id=None,
+        now_ms=t0 + 30,
+        ttl_seconds=86_400,
+    )
+    assert dropped == straddling
+    assert write is not None and write.turns == fresh and write.meta.turn_count == 1
 
 
 def test_buffered_append_checks_the_owner() -> None:
@@ -213,7 +226,7 @@ def test_buffered_append_checks_the_owner() -> None:
         plan_buffered_append(
             owned.meta,
             session_id="s",
-            turns=_buffered([f"{t0 + 1:013d}0000cccccccc"]),
+            appends=[_buffered([f"{t0 + 1:013d}0000cccccccc"])],
             customer_id="C2",
             now_ms=t0 + 2,
             ttl_seconds=60,
