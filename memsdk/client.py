@@ -1301,8 +1301,7 @@ class MemoryClient:
         """
         if self._config.consistency == "sticky":
             self._forget(session_id)
-        if self._l2 is not None and not await self._l2.invalidate(session_id):
-            self._spawn(self._repair_l2(session_id))
+        await self._drop_from_l2(session_id)
 
     async def _after_earlier_attempt(self, session_id: str, stored: MetaRecord | None) -> None:
         """The turns were already in the store, under a META this call did not plan.
@@ -1317,6 +1316,11 @@ class MemoryClient:
             self._forget(session_id)
         else:
             self._remember(session_id, stored)
+        await self._drop_from_l2(session_id)
+
+    async def _drop_from_l2(self, session_id: str) -> None:
+        """Drop Redis's META now (even past an open breaker, like a write-through: another
+        process may trust it), retrying in the background if Redis did not confirm."""
         if self._l2 is not None and not await self._l2.invalidate(session_id, essential=True):
             self._spawn(self._repair_l2(session_id))
 

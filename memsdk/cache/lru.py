@@ -108,6 +108,9 @@ class ContextCache:
         """Store a window trimmed to `depth` turns; None if it alone exceeds the budget, or
         if L1 holds a newer META for the session (a read that began before a write this
         process made since must not put its older answer over that write's window)."""
+        held = self._entries.get(session_id)
+        if held is not None and held.meta.version > meta.version:
+            return None
         sizes: tuple[int, ...] = ()
         if newest_first is not None:
             if len(newest_first) > depth:
@@ -116,9 +119,6 @@ class ContextCache:
                 sizes = tuple(turn_size(t) for t in newest_first)
             else:
                 sizes = turn_bytes[: len(newest_first)]
-        held = self._entries.get(session_id)
-        if held is not None and held.meta.version > meta.version:
-            return None
         size = _ENTRY_OVERHEAD + meta_size(meta) + sum(sizes)
         entry = CachedWindow(
             meta=meta,
