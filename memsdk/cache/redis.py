@@ -468,19 +468,17 @@ class RedisMetaCache:
             self._fail_get(_kind(outcome.error), outcome.error)
             self._tell("get", "error", started, outcome.error)
             return _MISS
-        if outcome in (0, 2):
-            # Stored by another primary (before a failover or restart, or before a reshard
-            # moved it here): maybe older than an acknowledged append. A miss; the next
-            # write, or the fill of the lease that replaced it, stores a current one.
+        if outcome is None or isinstance(outcome, int):
+            # nil, 0: a miss; 1, 2: a miss that leased the key to this lookup. 0 and 2: the
+            # key held a META another primary stored (before a failover or restart, or
+            # before a reshard moved it here), maybe older than an acknowledged append; the
+            # next write, or the fill of the lease that replaced it, stores a current one.
             self._misses += 1
-            self._previous_epoch += 1
-            self._warn("meta_stored_by_another_primary", None)
+            if outcome in (0, 2):
+                self._previous_epoch += 1
+                self._warn("meta_stored_by_another_primary", None)
             self._tell("get", "miss", started, None)
-            return _MISS if outcome == 0 else CacheLookup(None, token)
-        if outcome is None or outcome == 1:
-            self._misses += 1
-            self._tell("get", "miss", started, None)
-            return _MISS if outcome is None else CacheLookup(None, token)
+            return CacheLookup(None, token) if outcome in (1, 2) else _MISS
         raw = cast(bytes, outcome)
         try:
             meta = _decode(raw)
@@ -498,33 +496,23 @@ class RedisMetaCache:
 
         `essential` (a write-through): sent even while the breaker is open, see _send.
         """
-        return await self._write(
-            "put",
-            meta,
-            now_s,
-            lambda client, key, value, ttl: _PUT(client, key, value, ttl),
-            essential=essential,
-        )
+        return await self._write("put", _PUT, meta, now_s, essential=essential)
 
     async def fill(self, meta: MetaRecord, *, now_s: int, lease: str | None) -> bool:
         """Cache `meta` read from the store after a lookup, if nothing newer can have been
         written since: over that lookup's lease, or over an older value; True if stored."""
-        return await self._write(
-            "fill",
-            meta,
-            now_s,
-            lambda client, key, value, ttl: _FILL(client, key, value, ttl, lease or ""),
-        )
+        return await self._write("fill", _FILL, meta, now_s, lease or "")
 
     async def _write(
         self,
         operation: str,
+        script: _Script,
         meta: MetaRecord,
         now_s: int,
-        script: Callable[[Redis | RedisCluster, str, bytes, int], Awaitable[Any]],
-        *,
+        *extra: str,
         essential: bool = False,
     ) -> bool:
+        """Run a write script (ARGV: version + value, TTL, then `extra`); True if stored."""
         key = self._key(meta.session_id)
         client = self._client
         if key is None or client is None:
@@ -541,7 +529,7 @@ class RedisMetaCache:
             return self._fail("unencodable_meta", exc)
         started = time.time_ns()
         stored = await self._send(
-            client, lambda: script(client, key, value, ttl), essential=essential
+            client, lambda: script(client, key, value, ttl, *extra), essential=essential
         )
         if stored is _BYPASSED:
             self._tell(operation, "bypassed", started, None)
