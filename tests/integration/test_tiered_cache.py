@@ -16,7 +16,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memsdk import MemoryClient, Turn
-from memsdk.cache.base import CacheLookup, MetaCacheStats
 from memsdk.cache.redis import RedisMetaCache
 from memsdk.client import build_store
 from memsdk.config import Config
@@ -315,44 +314,19 @@ async def test_a_writer_with_an_open_breaker_still_writes_through(
         server.stop()
 
 
-class _HeldFills:
+class _HeldFills(RedisMetaCache):
     """A RedisMetaCache whose read-through fills wait until the test releases them."""
 
-    def __init__(self, inner: RedisMetaCache) -> None:
-        self.inner = inner
+    def __init__(self, url: str, **settings: Any) -> None:
+        super().__init__(url, **settings)
         self.release = asyncio.Event()
         self.results: list[bool] = []
 
-    @property
-    def description(self) -> str:
-        return self.inner.description
-
-    async def open(self) -> None:
-        await self.inner.open()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    async def get(self, session_id: str) -> MetaRecord | None:
-        return await self.inner.get(session_id)
-
-    async def lookup(self, session_id: str) -> CacheLookup:
-        return await self.inner.lookup(session_id)
-
     async def fill(self, meta: MetaRecord, *, now_s: int, lease: str | None) -> bool:
         await self.release.wait()
-        stored = await self.inner.fill(meta, now_s=now_s, lease=lease)
+        stored = await super().fill(meta, now_s=now_s, lease=lease)
         self.results.append(stored)
         return stored
-
-    async def put(self, meta: MetaRecord, *, now_s: int, essential: bool = False) -> bool:
-        return await self.inner.put(meta, now_s=now_s, essential=essential)
-
-    async def invalidate(self, session_id: str, *, essential: bool = False) -> bool:
-        return await self.inner.invalidate(session_id, essential=essential)
-
-    def stats(self) -> MetaCacheStats:
-        return self.inner.stats()
 
 
 async def test_a_late_fill_after_redis_lost_the_key_never_hides_a_write(
@@ -365,7 +339,7 @@ async def test_a_late_fill_after_redis_lost_the_key_never_hides_a_write(
     store before a writer's v2, landed after Redis lost the key (and v2's write-through
     with it); validated readers then trusted v1 and served a window without the new turn."""
     writer = await make_client(redis_url=redis_server.url)
-    held = _HeldFills(RedisMetaCache(redis_server.url, timeout=1.0, connect_timeout=1.0))
+    held = _HeldFills(redis_server.url, timeout=1.0, connect_timeout=1.0)
     config = Config(**store_settings, **TEST_TIMEOUTS, redis_url=redis_server.url)
     async with MemoryClient(config, clock=clock, meta_cache=held) as reader:
         await writer.append_turn("s", user("q1"))
