@@ -369,7 +369,11 @@ class RedisMetaCache:
 
     def _new_client(self) -> Redis | RedisCluster:
         settings: dict[str, Any] = {
-            "socket_timeout": self._timeout,
+            # No socket_timeout: redis-py would wrap every send in asyncio.wait_for, which on
+            # Python 3.11 loses a cancel that lands as the send completes (the caller's call
+            # then returns normally). _send bounds every command with our own
+            # asyncio.timeout instead; the connect timeout uses asyncio.timeout too.
+            "socket_timeout": None,
             "socket_connect_timeout": self._connect_timeout,
             # No retries in redis-py: memsdk owns retries (STYLE: one layer only), and for
             # a cache the fallback read from the store is the retry. The pool already
@@ -409,6 +413,10 @@ class RedisMetaCache:
             self._sentinel = _SharedLookupSentinel(
                 list(spec.nodes),
                 sentinel_kwargs={
+                    # Kept for the Sentinels: each must be bounded on its own so that the
+                    # look-up moves on to the next one. The look-up runs in a task of its
+                    # own that callers await through a shield (their cancel is theirs), and
+                    # aclose() stops it with stop_tasks, which outlasts a swallowed cancel.
                     "socket_timeout": self._timeout,
                     "socket_connect_timeout": self._connect_timeout,
                     "retry": Retry(NoBackoff(), 0),

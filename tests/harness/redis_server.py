@@ -172,6 +172,16 @@ class RedisServer:
         """SIGKILL the server: no shutdown, sockets reset; the temp dir stays for restart()."""
         self._reap(signal.SIGKILL)
 
+    def pause(self) -> None:
+        """SIGSTOP the server: connections stay open and nothing answers (a hung server)."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused server."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGCONT)
+
     def restart(self) -> None:
         """Start again on the same port with the same config (empty, since nothing is saved)."""
         self._reap(signal.SIGKILL)
@@ -190,6 +200,7 @@ class RedisServer:
         if proc is None:
             return
         if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)  # a paused server handles no other signal
             proc.send_signal(sig)
             try:
                 proc.wait(timeout=10)
