@@ -86,9 +86,12 @@ class SQLiteStore:
                 conn = await asyncio.wrap_future(opening)
             except BaseException as exc:
                 # Cancelled mid-connect, _connect may still finish: the single worker runs
-                # this cleanup after it, so the connection it opens does not leak.
-                executor.submit(_close_if_opened, opening)
+                # this cleanup after it, so the connection it opens does not leak. Wait
+                # for it (a second cancel stops waiting): no thread outlives this call.
+                cleanup = executor.submit(_close_if_opened, opening)
                 executor.shutdown(wait=False)
+                await asyncio.wait([asyncio.wrap_future(cleanup)])
+                executor.shutdown(wait=True)  # idle now: joining takes no time
                 if isinstance(exc, _FOREIGN_ERRORS):
                     raise _translate(exc, "open the database", None) from exc
                 raise
@@ -101,12 +104,16 @@ class SQLiteStore:
             if executor is None or conn is None:
                 return
             self._executor, self._conn = None, None
+            closed = False
             try:
                 await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+                closed = True
             except _FOREIGN_ERRORS as exc:
                 raise _translate(exc, "close the database", None) from exc
             finally:
-                executor.shutdown(wait=False)
+                # Once the close ran, the worker is idle: joining it takes no time, and no
+                # thread of this store outlives aclose().
+                executor.shutdown(wait=closed)
 
     async def get_meta(self, session_id: str, *, consistent: bool) -> MetaRecord | None:
         """Return the stored META item, expired or not, or None."""

@@ -36,7 +36,9 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-__all__ = ["FlushTimeoutError", "Flusher", "FlusherStats", "PendingEntry"]
+from memsdk.tasks import stop_tasks
+
+__all__ = ["FlushTimeoutError", "Flusher", "FlusherStats", "FlusherStoppedError", "PendingEntry"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,10 @@ E = TypeVar("E", bound=PendingEntry)
 
 class FlushTimeoutError(Exception):
     """The wait ended with records still pending."""
+
+
+class FlusherStoppedError(Exception):
+    """The flusher was stopped with records still pending (they stay in the log)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +127,7 @@ class Flusher(Generic[E]):
         self._in_flight = 0
         self._window_changed = asyncio.Condition()
         self._workers: list[asyncio.Task[None]] = []
+        self._stopped = False
         self._applied_batches = 0
         self._applied_records = 0
         self._failed_attempts = 0
@@ -131,18 +138,22 @@ class Flusher(Generic[E]):
 
     def start(self) -> None:
         """Start the workers (call inside the event loop)."""
-        if not self._workers:
+        if not self._workers and not self._stopped:
             self._workers = [
                 asyncio.create_task(self._work(), name=f"memsdk-wal-flusher-{i}")
                 for i in range(self._concurrency)
             ]
 
     async def stop(self) -> None:
-        """Stop the workers; an interrupted batch stays pending (its replay is idempotent)."""
+        """Stop the workers for sure; an interrupted batch stays pending (its replay is
+        idempotent). Waiters still waiting get FlusherStoppedError."""
+        self._stopped = True
         workers, self._workers = self._workers, []
-        for task in workers:
-            task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
+        try:
+            await stop_tasks(workers)
+        finally:
+            async with self._changed:
+                self._changed.notify_all()
 
     # ------------------------------------------------------------------ entries
 
@@ -189,9 +200,11 @@ class Flusher(Generic[E]):
     async def _wait(self, done: Callable[[], bool], timeout: float | None) -> None:  # noqa: ASYNC109
         try:
             async with asyncio.timeout(timeout), self._changed:
-                await self._changed.wait_for(done)
+                await self._changed.wait_for(lambda: done() or self._stopped)
         except TimeoutError as exc:
             raise FlushTimeoutError from exc
+        if not done():
+            raise FlusherStoppedError
 
     def _oldest_lsn(self) -> int:
         for lsn in self._pending:

@@ -44,7 +44,7 @@ import struct
 import time
 import zlib
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from memsdk.errors import ConfigError
@@ -222,6 +222,7 @@ class _Append:
     appended_at_ms: int
     future: asyncio.Future[int]
     frame_bytes: int
+    on_durable: Callable[[int], None] | None
     lsn: int = 0
 
 
@@ -302,10 +303,14 @@ class WriteAheadLog:
         """Lock and recover `wal_dir`, start the writer; ConfigError if another log holds it."""
         loop = asyncio.get_running_loop()
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memsdk-wal")
+        opening = executor.submit(_open_sync, os.fspath(wal_dir))
         try:
-            opened = await loop.run_in_executor(executor, _open_sync, os.fspath(wal_dir))
+            opened = await asyncio.wrap_future(opening)
         except BaseException:
-            executor.shutdown(wait=False)
+            # Cancelled mid-recovery, the worker still finishes it and holds the lock: the
+            # same single worker releases it right after. Wait for that (a second cancel
+            # stops waiting), so that the directory is free when this call ends.
+            await _settle(executor, executor.submit(_release_if_opened, opening))
             raise
         log = cls(
             opened.wal_dir,
@@ -322,13 +327,28 @@ class WriteAheadLog:
             segment = await loop.run_in_executor(executor, log._start_segment, opened.next_lsn)
         except OSError as exc:
             logger.warning("WAL: could not start a segment at open (%s)", _errno_name(exc))
+        except BaseException:
+            # Runs after the segment start it interrupted.
+            await _settle(executor, executor.submit(log._release))
+            raise
         else:
             log._segments.append(segment)
         log._writer = asyncio.create_task(log._run(), name="memsdk-wal-writer")
         return log, opened.report
 
-    async def append(self, payload: bytes, *, timeout: float | None = 1.0) -> int:  # noqa: ASYNC109
-        """Return the record's lsn once it is fsync'd; WalFullError, WalIOError otherwise."""
+    async def append(
+        self,
+        payload: bytes,
+        *,
+        timeout: float | None = 1.0,  # noqa: ASYNC109
+        on_durable: Callable[[int], None] | None = None,
+    ) -> int:
+        """Return the record's lsn once it is fsync'd; WalFullError, WalIOError otherwise.
+
+        `on_durable(lsn)` is called once the record is on disk, in lsn order, even if the
+        caller was cancelled meanwhile: the record is then tracked (and can be confirmed)
+        instead of lingering unaccounted until the next open replays it.
+        """
         if self._closed:
             raise WalClosedError("the write-ahead log is closed")
         if self._broken:
@@ -344,7 +364,7 @@ class WriteAheadLog:
             await self._wait_for_space(frame_bytes, timeout)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._reserved += frame_bytes
-        self._queue.append(_Append(payload, self._clock_ms(), future, frame_bytes))
+        self._queue.append(_Append(payload, self._clock_ms(), future, frame_bytes, on_durable))
         self._wake.set()
         return await future
 
@@ -411,8 +431,14 @@ class WriteAheadLog:
                 await asyncio.gather(self._writer, return_exceptions=True)
         finally:
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, self._release)
-            self._executor.shutdown(wait=False)
+            released = False
+            try:
+                await loop.run_in_executor(self._executor, self._release)
+                released = True
+            finally:
+                # Once the release ran, the worker is idle: joining it takes no time, and
+                # no thread of this log outlives close().
+                self._executor.shutdown(wait=released)
             for waiter in self._idle_waiters:
                 if not waiter.done():
                     waiter.set_result(None)
@@ -520,15 +546,18 @@ class WriteAheadLog:
         if result.error is None:
             self._failed = False
             for item, segment in zip(batch, result.homes, strict=True):
-                if item.future.done():
-                    # The caller gave up: unacknowledged, so not tracked here. After a
-                    # crash it is replayed at most once, like any unacknowledged record.
+                if item.future.done() and item.on_durable is None:
+                    # The caller gave up and nobody takes the record: unacknowledged, so
+                    # not tracked. After a crash it is replayed at most once.
                     continue
                 self._pending[item.lsn] = (len(item.payload), item.appended_at_ms, segment)
                 self._pending_bytes += len(item.payload)
                 segment.unconfirmed += 1
                 self._appends += 1
-                item.future.set_result(item.lsn)
+                if item.on_durable is not None:
+                    _hand_over(item.on_durable, item.lsn)
+                if not item.future.done():
+                    item.future.set_result(item.lsn)
         else:
             self._failed = True
             self._stalled = True
@@ -691,6 +720,29 @@ class WriteAheadLog:
         self._seal_active()
         fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         os.close(self._lock_fd)
+
+
+async def _settle(executor: ThreadPoolExecutor, last_job: Future[None]) -> None:
+    """Let the executor's worker finish `last_job` and exit; wait for it unless cancelled."""
+    executor.shutdown(wait=False)
+    await asyncio.wait([asyncio.wrap_future(last_job)])
+    executor.shutdown(wait=True)  # the worker is idle now: joining it takes no time
+    if last_job.exception() is not None:
+        logger.warning("WAL: releasing the log after an interrupted open failed")
+
+
+def _hand_over(on_durable: Callable[[int], None], lsn: int) -> None:
+    try:
+        on_durable(lsn)
+    except Exception:  # the owner's bug must not stop the writer; the record stays pending
+        logger.exception("WAL: the on_durable callback failed; the record is replayed on open")
+
+
+def _release_if_opened(opening: Future[_Opened]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        fd = opening.result().lock_fd
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def _fail(future: asyncio.Future[int], error: WalError, cause: BaseException) -> None:

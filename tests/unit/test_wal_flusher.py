@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from memsdk.wal.flusher import Flusher, FlushTimeoutError
+from memsdk.wal.flusher import Flusher, FlusherStoppedError, FlushTimeoutError
 
 
 @dataclass(frozen=True)
@@ -346,3 +346,37 @@ async def test_after_a_failure_the_drain_ramps_up_one_batch_at_a_time() -> None:
     assert recovery[0] == 1
     assert all(n <= i + 1 for i, n in enumerate(recovery)), recovery
     assert max(recovery) == 8
+
+
+async def test_stop_outlasts_a_worker_that_swallows_a_cancel() -> None:
+    """Defect 1 (issue 13): a worker whose store call swallowed its one cancel (redis-py's
+    asyncio.wait_for on Python 3.11) kept Flusher.stop() waiting forever."""
+    swallowed = asyncio.Event()
+
+    async def stubborn(key: str, batch: list[Entry]) -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            swallowed.set()  # swallowed once, as that wait_for does
+        await asyncio.sleep(3600)
+
+    rec = Recorder()
+    flusher = Flusher(
+        apply=stubborn,
+        confirm=rec.confirmed.extend,
+        is_retryable=lambda exc: True,
+        on_reject=rec.reject,
+        batch_fits=lambda batch, entry: True,
+        concurrency=2,
+    )
+    flusher.start()
+    flusher.add(Entry(1, "a"))
+    await asyncio.sleep(0.01)
+    waiter = asyncio.ensure_future(flusher.wait_through(1, timeout=None))
+    async with asyncio.timeout(10):
+        await flusher.stop()
+    assert swallowed.is_set()
+    # A waiter is told the flusher stopped instead of waiting forever.
+    with pytest.raises(FlusherStoppedError):
+        await waiter
+    assert [e.lsn for e in flusher.pending_for("a")] == [1]  # pending: replayed later

@@ -753,3 +753,61 @@ async def test_confirmations_alone_cost_no_fsync_and_survive_a_clean_close(
     assert log.stats().fsyncs == fsyncs  # written, not fsync'd: a loss only means a replay
     await log.close()
     assert (await recover(wal_dir)).pending == []
+
+
+# ------------------------------------------------------------------ cancellation
+
+
+async def test_an_open_cancelled_mid_recovery_releases_the_lock(
+    tmp_path: Path, template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect 2 (issue 13): the lock taken by a recovery whose open() was cancelled was
+    never released: every later open in the process said "wal_dir is in use"."""
+    import memsdk.wal.log as wal_log
+
+    wal_dir = tmp_path / "wal"
+    shutil.copytree(template, wal_dir)
+    started = threading.Event()
+    recover_for_real = wal_log._recover
+
+    def slow_recover(path: str, lock_fd: int) -> Any:
+        started.set()
+        threading.Event().wait(0.3)  # a long recovery, on the worker thread
+        return recover_for_real(path, lock_fd)
+
+    monkeypatch.setattr(wal_log, "_recover", slow_recover)
+    opening = asyncio.ensure_future(WriteAheadLog.open(wal_dir, OPTS))
+    assert await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+    assert opening.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await opening
+    assert not [t for t in threading.enumerate() if t.name.startswith("memsdk-wal")]
+    monkeypatch.setattr(wal_log, "_recover", recover_for_real)
+    log, report = await WriteAheadLog.open(wal_dir, OPTS)  # free at once, nothing lost
+    try:
+        assert [p for _, p in pairs(report)] == PAYLOADS
+    finally:
+        await log.close()
+
+
+async def test_an_append_cancelled_after_its_write_is_still_handed_over(tmp_path: Path) -> None:
+    """A record written to disk whose caller was cancelled meanwhile is not left untracked:
+    on_durable takes it (the client then flushes it), in lsn order."""
+    ops = FaultyOps()
+    log, _ = await WriteAheadLog.open(tmp_path / "wal", OPTS, file_ops=ops)
+    try:
+        ops.gate = threading.Event()  # the next fsync waits for it
+        taken: list[int] = []
+        first = asyncio.ensure_future(log.append(b"one", on_durable=taken.append))
+        second = asyncio.ensure_future(log.append(b"two", on_durable=taken.append))
+        await asyncio.get_running_loop().run_in_executor(None, ops.entered.wait, 10)
+        first.cancel()  # while its fsync is in progress
+        ops.gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        lsn = await second
+        assert taken == [lsn - 1, lsn]
+        assert log.stats().pending_records == 2
+    finally:
+        ops.gate.set()
+        await log.close()
