@@ -280,6 +280,6 @@ async def _wal_replay(args: argparse.Namespace) -> int:
     print(
         f"replayed {before.wal_pending_records} records ({before.wal_pending_bytes} bytes) "
         f"in {time.monotonic() - started:.1f}s; {after.wal_pending_records} pending, "
-        f"{after.wal_rejected_records} rejected, {after.wal_dropped_turns} turns dropped"
+        f"{after.wal_rejected_records} set aside in rejected/ ({after.wal_rejected_turns} turns)"
     )
     return 0

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import logging
 import os
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import msgspec
 
@@ -41,6 +43,7 @@ from memsdk.resilience.budget import RetryBudget
 from memsdk.resilience.bulkhead import Bulkhead
 from memsdk.store.base import MetaRecord, SessionWrite, Store, TurnRecord
 from memsdk.store.dynamodb_path import DataPath, RetryGate
+from memsdk.tasks import stop_tasks
 from memsdk.telemetry import (
     MeterProvider,
     Scope,
@@ -51,6 +54,7 @@ from memsdk.telemetry import (
 )
 from memsdk.write_buffer import (
     BufferedAppend,
+    OverlayUncertain,
     batch_fits,
     buffered_append,
     decode_append,
@@ -88,6 +92,13 @@ _DEGRADED_WHY = {
     "breaker_open": "the store's circuit breaker is open",
     "read_timeout": "the store did not answer within read_timeout",
     "store_unavailable": "the store is unavailable",
+}
+# Why acknowledged appends were set aside in rejected/, for the log line.
+_SET_ASIDE_WHY = {
+    "ordered_before_delete": "another process deleted the session (or it expired and "
+    "started again) without having seen them, so they are ordered before that delete",
+    "ownership": "the session belongs to another customer_id",
+    "store_refused": "the store refused them for good",
 }
 # After a failed write-through, Redis may hold an older META: keep trying to drop it.
 _L2_REPAIR_DELAYS_S = (0.05, 0.2, 1.0, 5.0, 15.0, 30.0)
@@ -270,14 +281,23 @@ class MemoryClient:
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._ids = TurnIdGenerator(self._clock.time_ms)
         self._background: set[asyncio.Future[Any]] = set()
+        self._background_stopped = False
         self._wal: WriteAheadLog | None = None
         self._flusher: Flusher[BufferedAppend] | None = None
-        self._wal_dropped_turns = 0
+        self._wal_rejected_records = 0
+        self._wal_rejected_turns = 0
         self._degraded_replies = 0
         self._recovery_probe: asyncio.Task[None] | None = None
         # Degradation warnings at most once per 10 s per kind: an outage costs a few lines.
         self._rate_limited = RateLimitedLog(logger)
         self._state = "new"
+        # The one close that every aclose() awaits, and the signal that makes it give up
+        # the drain (an aclose() cancelled by a shutdown deadline).
+        self._closing: asyncio.Task[None] | None = None
+        self._hurry = asyncio.Event()
+        # Notified after every flush attempt: reads overlaying appends whose commit is out
+        # wait on it for the outcome (see _with_pending).
+        self._flush_progress = _Signal()
 
     @property
     def config(self) -> Config:
@@ -293,40 +313,90 @@ class MemoryClient:
         if self._state == "closed":
             raise ClientClosedError("this MemoryClient was closed: create a new one")
         if self._state == "new":
-            # The WAL first: a locked or unusable wal_dir fails before any connection opens.
-            if self._config.wal_dir is not None:
-                await self._open_wal(self._config.wal_dir)
+            self._state = "opening"
             try:
+                # The WAL first: a locked or unusable wal_dir fails before any connection.
+                if self._config.wal_dir is not None:
+                    await self._open_wal(self._config.wal_dir)
                 await self._store.open()
                 if self._l2 is not None:
                     await self._l2.open()
             except BaseException:
-                await self._release_after_failed_open()
+                # Failed or cancelled: release what was acquired (the wal_dir lock first
+                # of all), without a drain, even if this task is cancelled again.
+                self._state = "closed"
+                self._hurry.set()
+                self._closing = asyncio.ensure_future(self._release())
+                await _outlast_cancellation(self._closing)
                 raise
             if self._flusher is not None:
                 self._flusher.start()
             self._state = "open"
             self._telemetry.observe(self._snapshot)
+        elif self._state == "opening":
+            raise ClientClosedError("open() is already in progress on this MemoryClient")
 
     async def aclose(self) -> None:
-        """Release connections and threads; safe to call twice."""
-        if self._state == "open":
+        """Drain the WAL (up to wal_close_timeout), then release every task, thread,
+        connection and the wal_dir lock; idempotent and cancel-safe.
+
+        Every call awaits the same close. A call that is cancelled (a shutdown deadline)
+        ends the drain at once (what is still pending stays in the WAL for the next open)
+        and still releases everything before it raises CancelledError.
+        """
+        if self._closing is None:
+            if self._state != "open":
+                self._state = "closed"
+                return
             self._state = "closed"
-            self._telemetry.forget()
-            if self._recovery_probe is not None:
-                self._recovery_probe.cancel()
-                await asyncio.gather(self._recovery_probe, return_exceptions=True)
-            await self._close_wal()
-            if self._background:
-                # Cache repairs are best effort: give them a moment, then let them go.
-                _, pending = await asyncio.wait(self._background, timeout=1.0)
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
-            if self._l2 is not None:
-                await self._l2.aclose()
-            await self._store.aclose()
-        self._state = "closed"
+            self._closing = asyncio.ensure_future(self._release())
+        try:
+            await asyncio.shield(self._closing)
+        except asyncio.CancelledError:
+            self._hurry.set()
+            await _outlast_cancellation(self._closing)
+            raise
+
+    async def _release(self) -> None:
+        """Stop and release everything in order; every step runs even if one before it
+        failed or this task was cancelled (it then re-raises the cancel at the end)."""
+        self._telemetry.forget()
+        cancelled: asyncio.CancelledError | None = None
+        for step in (
+            self._stop_recovery_probe,
+            self._close_wal,
+            self._stop_background,
+            self._close_l2,
+            self._store.aclose,
+        ):
+            try:
+                await step()
+            except asyncio.CancelledError as exc:
+                cancelled = exc  # kept: the rest must still be released
+                self._hurry.set()
+            except Exception as exc:  # one failed release must not leak the rest
+                logger.error(
+                    "close: releasing %s failed (%s); the remaining resources are released",
+                    step.__name__.lstrip("_"),
+                    type(exc).__name__,
+                )
+        if cancelled is not None:
+            raise cancelled
+
+    async def _stop_recovery_probe(self) -> None:
+        if self._recovery_probe is not None:
+            await stop_tasks([self._recovery_probe])
+
+    async def _stop_background(self) -> None:
+        """Best-effort cache repairs and fills get a moment (none when hurried), then stop."""
+        if self._background and not self._hurry.is_set():
+            await _wait_unless(self._hurry, asyncio.wait(self._background, timeout=1.0))
+        self._background_stopped = True
+        await stop_tasks(list(self._background))
+
+    async def _close_l2(self) -> None:
+        if self._l2 is not None:
+            await self._l2.aclose()
 
     async def __aenter__(self) -> MemoryClient:
         await self.open()
@@ -351,7 +421,7 @@ class MemoryClient:
         expect_existing: bool = False,
     ) -> Context:
         """Return META, the newest `last_n` turns (oldest first) and the newest summary."""
-        with self._telemetry.operation("memsdk.load_context") as op:
+        with self._telemetry.operation("memsdk.load_context") as op, self._overtaken_by_close():
             return await self._load_context(op, session_id, customer_id, last_n, expect_existing)
 
     async def _load_context(
@@ -374,26 +444,27 @@ class MemoryClient:
         # Taken before the read: an append the flusher commits while the read is in flight
         # is then in this snapshot even if the read missed it (read-your-writes).
         pending = self._flusher.pending_for(session_id) if self._flusher is not None else []
-        ctx: Context | None = None
+        read: _Read | None = None
+        deadline = asyncio.get_running_loop().time() + self._config.read_timeout
         if self._config.consistency == "sticky":
             # Sticky routing: this process saw every write of the session; trust L1.
             cached = self._l1.get(session_id)
             if cached is not None:
-                ctx = self._serve_cached(cached, cached.meta, window, "l1")
-        if ctx is None and self._store_breaker.state == "open":
+                read = self._serve_cached(cached, cached.meta, window, "l1")
+        if read is None and self._store_breaker.state == "open":
             # Stateless mode: the store is known down; answer now from what this process holds.
-            ctx = self._stateless(session_id, window, "breaker_open")
-        if ctx is None:
+            read = self._stateless(session_id, window, "breaker_open")
+        if read is None:
             try:
-                async with asyncio.timeout(self._config.read_timeout):
-                    ctx = await self._load(session_id, window)
+                async with asyncio.timeout_at(deadline):
+                    read = await self._load(session_id, window)
             except TimeoutError:
-                ctx = self._stateless(session_id, window, "read_timeout")
+                read = self._stateless(session_id, window, "read_timeout")
             except StoreUnavailableError:
-                ctx = self._stateless(session_id, window, "store_unavailable")
-        if pending and self._flusher is not None:
-            still = {e.lsn for e in self._flusher.pending_for(session_id)}
-            ctx = overlay(ctx, pending, still, window, self._config.ttl_seconds)
+                read = self._stateless(session_id, window, "store_unavailable")
+        ctx = read.ctx
+        if pending:
+            ctx = await self._with_pending(read, pending, window, customer_id, deadline)
         op.set_metric_attribute("memsdk.tier", ctx.source)
         op.set_metric_attribute("memsdk.degraded", ctx.degraded)
         if op.recording:
@@ -415,7 +486,42 @@ class MemoryClient:
         rules.check_owner(ctx.meta, customer_id)
         return ctx
 
-    def _stateless(self, session_id: str, last_n: int, reason: str) -> Context:
+    async def _with_pending(
+        self,
+        read: _Read,
+        pending: list[BufferedAppend],
+        last_n: int,
+        customer_id: str | None,
+        deadline: float,
+    ) -> Context:
+        """The answer with this process's buffered appends that its META does not include
+        overlaid (read-your-writes); degraded if that cannot be told by `deadline`."""
+        ctx = read.ctx
+        owner = ctx.meta.customer_id if ctx.meta is not None else None
+        shown = [e for e in pending if _may_show(e, owner, customer_id)]
+        ttl = self._config.ttl_seconds
+        try:
+            return overlay(ctx, shown, read.version, last_n, ttl)
+        except OverlayUncertain:
+            pass
+        if not ctx.degraded:
+            # A commit of these appends is out: its outcome tells whether META counts them.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await self._flush_progress.wait_for(lambda: not any(e.in_flight for e in shown))
+            try:
+                return overlay(ctx, shown, read.version, last_n, ttl)
+            except OverlayUncertain:
+                pass
+        # Whether META already counts appends that sort below the window cannot be told:
+        # the turns are right, turn_count may not be; say so.
+        if not ctx.degraded:
+            self._degraded_replies += 1
+            self._telemetry.degraded("flush_outcome_unknown")
+            ctx = msgspec.structs.replace(ctx, degraded=True)
+        return overlay(ctx, shown, read.version, last_n, ttl, uncertain_included=True)
+
+    def _stateless(self, session_id: str, last_n: int, reason: str) -> _Read:
         """A degraded answer from L1 alone (or an empty one), with no I/O.
 
         `reason`: breaker_open, read_timeout or store_unavailable (metric and event label).
@@ -431,7 +537,7 @@ class MemoryClient:
         )
         cached = self._l1.get(session_id)
         if cached is None or rules.live_meta(cached.meta, self._clock.time_ms() // 1000) is None:
-            return Context(
+            empty = Context(
                 session_id=session_id,
                 meta=None,
                 turns=[],
@@ -439,12 +545,19 @@ class MemoryClient:
                 degraded=True,
                 source="none",
             )
+            return _Read(empty, None)
         turns: list[Turn] = []
         if cached.newest_first is not None:
-            count = rules.select_window(cached.newest_first, last_n, True) or 0
+            count = rules.select_window(cached.newest_first, last_n, cached.complete)
+            if count is None:
+                # L1 holds fewer turns than the window needs: serve what it has, from the
+                # first turn whose tool results it holds whole.
+                count = rules.select_window(cached.newest_first, last_n, True) or 0
+                while count > 0 and cached.newest_first[count - 1].role == "tool":
+                    count -= 1
             turns = list(cached.newest_first[:count])
             turns.reverse()
-        return Context(
+        ctx = Context(
             session_id=session_id,
             meta=cached.public_meta,
             turns=turns,
@@ -452,6 +565,7 @@ class MemoryClient:
             degraded=True,
             source="l1",
         )
+        return _Read(ctx, cached.meta.version)
 
     def _snapshot(self) -> TelemetrySnapshot:
         """What the observable gauges report for this client (from health(), no I/O)."""
@@ -512,7 +626,7 @@ class MemoryClient:
 
     def _serve_cached(
         self, cached: CachedWindow, meta: MetaRecord, last_n: int, source: str
-    ) -> Context | None:
+    ) -> _Read | None:
         """The context from L1 if its turns are exactly those `meta` describes; else None."""
         now_s = self._clock.time_ms() // 1000
         if rules.live_meta(meta, now_s) is None:
@@ -530,15 +644,16 @@ class MemoryClient:
             cached = self._cache_window(meta, newest_first, cached.complete, cached.turn_bytes)
         turns = list(newest_first[:count])
         turns.reverse()
-        return Context(
+        ctx = Context(
             session_id=meta.session_id,
             meta=cached.public_meta,
             turns=turns,
             summary=cached.summary,
             source=source,
         )
+        return _Read(ctx, meta.version)
 
-    async def _load(self, session_id: str, last_n: int) -> Context:
+    async def _load(self, session_id: str, last_n: int) -> _Read:
         """Validate L1 against a trusted META (Redis, else the store) or read the store."""
         cached = self._l1.get(session_id)
         lease = None
@@ -546,9 +661,9 @@ class MemoryClient:
             meta, source, lease = await self._trusted_meta(session_id, cached)
             if source is not None:
                 if cached is not None and meta is not None:
-                    ctx = self._serve_cached(cached, meta, last_n, f"l1+{source}")
-                    if ctx is not None:
-                        return ctx
+                    read = self._serve_cached(cached, meta, last_n, f"l1+{source}")
+                    if read is not None:
+                        return read
                 self._l1.misses += 1
                 self._telemetry.cache_lookup("l1", "miss")
                 if rules.live_meta(meta, self._clock.time_ms() // 1000) is None:
@@ -566,14 +681,14 @@ class MemoryClient:
         """A META that validated mode may trust, where it came from (None: not looked up),
         and the Redis lease its miss gave (for the fill of what the store says next).
 
-        Redis first. If Redis is behind what this process itself wrote, or missed, and L1
-        has turns worth validating, a consistent GetItem on META; otherwise nothing, and
-        the caller reads META and turns together.
+        Redis first, unless it is behind what this process itself wrote or read. Then, if
+        L1 has turns worth validating, a consistent GetItem on META; otherwise nothing,
+        and the caller reads META and turns together.
         """
         lease = None
         if self._l2 is not None:
             meta, lease = await self._l2.lookup(session_id)
-            if meta is not None and (cached is None or cached.meta.version <= meta.version):
+            if meta is not None and self._known_version(session_id, cached) <= meta.version:
                 return meta, "redis", None
         if cached is None or cached.newest_first is None:
             return None, None, lease
@@ -582,12 +697,22 @@ class MemoryClient:
             self._fill_l2(meta, lease)
         return meta, "store", None
 
-    async def _read_store(self, session_id: str, last_n: int, lease: str | None) -> Context:
+    def _known_version(self, session_id: str, cached: CachedWindow | None) -> int:
+        """The newest META version this process holds for the session (-1: none)."""
+        hint = self._meta_hints.get(session_id)
+        return max(
+            -1 if cached is None else cached.meta.version, -1 if hint is None else hint.version
+        )
+
+    async def _read_store(self, session_id: str, last_n: int, lease: str | None) -> _Read:
         """Read META and the first page of turns together; fill L1 and Redis."""
         strong = self._config.consistency == "strong"
-        meta_task = asyncio.ensure_future(
-            self._store.get_meta(session_id, consistent=self._config.consistency != "sticky")
+        # Sticky reads may read META eventually consistent, unless this process wrote or
+        # read the session before: then an older META would hide its own turns.
+        consistent = not (
+            self._config.consistency == "sticky" and session_id not in self._meta_hints
         )
+        meta_task = asyncio.ensure_future(self._store.get_meta(session_id, consistent=consistent))
         try:
             page = await self._store.query_turns(
                 session_id, before_turn_id=None, limit=last_n, consistent=strong
@@ -595,7 +720,7 @@ class MemoryClient:
             stored = await meta_task
         finally:
             if not meta_task.done():
-                meta_task.cancel()
+                await stop_tasks([meta_task])  # the query's own error is the one raised
             elif not meta_task.cancelled():
                 meta_task.exception()  # retrieved: the query's own error is the one raised
         if stored is not None:
@@ -603,7 +728,9 @@ class MemoryClient:
         meta = rules.live_meta(stored, self._clock.time_ms() // 1000)
         if meta is None:
             return self._absent(session_id, stored)
-        newest_first, complete, count = await self._read_turns(session_id, meta, last_n, page=page)
+        newest_first, complete, count = await self._read_turns(
+            session_id, meta, last_n, parallel_page=page
+        )
         return self._answer(meta, newest_first, complete, count, "store")
 
     async def _read_turns(
@@ -612,17 +739,29 @@ class MemoryClient:
         meta: MetaRecord,
         last_n: int,
         *,
-        page: list[TurnRecord] | None = None,
+        parallel_page: list[TurnRecord] | None = None,
     ) -> tuple[list[TurnRecord], bool, int]:
-        """Visible turns newest first, whether that is all of them, and the window's size."""
+        """Visible turns newest first, whether that is all of them, and the window's size:
+        exactly the turns `meta` counts (never a torn window).
+
+        `parallel_page`: the first page, queried in parallel with the GetItem of `meta`.
+        A commit may land between the two: if its turns are newer than the page's, the
+        newest ids tell; if they all sort below the newest id (`meta.late_turns`), they
+        cannot, so the page is read again after META. A page queried after META misses
+        nothing META counts if it is consistent, so it is whenever META says late_turns.
+        """
         strong = self._config.consistency == "strong"
-        if page is None:
+        page = parallel_page
+        if page is None or meta.late_turns:
             page = await self._store.query_turns(
-                session_id, before_turn_id=None, limit=last_n, consistent=strong
+                session_id,
+                before_turn_id=None,
+                limit=last_n,
+                consistent=strong or meta.late_turns or page is not None,
             )
         if meta.last_turn_id and (not page or page[0].turn_id < meta.last_turn_id):
-            # The Query lagged behind the trusted META (eventually consistent, or a commit
-            # landed between the two reads, which even strong reads race with): read again.
+            # The Query lagged behind META (eventually consistent, or a commit landed
+            # between the two reads, which even strong reads race with): read again.
             page = await self._store.query_turns(
                 session_id, before_turn_id=None, limit=last_n, consistent=True
             )
@@ -647,19 +786,20 @@ class MemoryClient:
         complete: bool,
         count: int,
         source: str,
-    ) -> Context:
+    ) -> _Read:
         """Cache what the store said and build the Context of the newest `count` turns."""
         turns = tuple(rules.to_public_turn(t) for t in newest_first)
         entry = self._cache_window(meta, turns, complete, None)
         window = list(turns[:count])
         window.reverse()
-        return Context(
+        ctx = Context(
             session_id=meta.session_id,
             meta=entry.public_meta,
             turns=window,
             summary=entry.summary,
             source=source,
         )
+        return _Read(ctx, meta.version)
 
     def _cache_window(
         self,
@@ -703,7 +843,7 @@ class MemoryClient:
         once their record is fsync'd in the local write-ahead log (`durable=False`); the
         flusher writes them to the store in the background.
         """
-        with self._telemetry.operation("memsdk.append_turns") as op:
+        with self._telemetry.operation("memsdk.append_turns") as op, self._overtaken_by_close():
             receipt = await self._append_turns(op, session_id, turns, customer_id)
             op.set_metric_attribute("memsdk.durable", receipt.durable)
             return receipt
@@ -757,7 +897,7 @@ class MemoryClient:
         customer_id: str | None = None,
     ) -> Meta:
         """Replace each given META field whole (creating the session if absent); returns META."""
-        with self._telemetry.operation("memsdk.update_meta") as op:
+        with self._telemetry.operation("memsdk.update_meta") as op, self._overtaken_by_close():
             return await self._update_meta(op, session_id, page_context, attributes, customer_id)
 
     async def _update_meta(
@@ -800,7 +940,7 @@ class MemoryClient:
         customer_id: str | None = None,
     ) -> Summary:
         """Store a summary covering turns up to `through_turn_id`; the newest by that id wins."""
-        with self._telemetry.operation("memsdk.put_summary") as op:
+        with self._telemetry.operation("memsdk.put_summary") as op, self._overtaken_by_close():
             return await self._put_summary(op, session_id, text, through_turn_id, customer_id)
 
     async def _put_summary(
@@ -816,6 +956,7 @@ class MemoryClient:
         op.identify(session_id, customer_id)
         rules.check_through_turn_id(through_turn_id, session_id)
         rules.validate_text(text, session_id, "summary text")
+        rules.validate_summary_size(text, session_id, self._config.max_turn_bytes)
         self._check_open()
 
         def plan(current: MetaRecord | None, now_ms: int) -> SessionWrite:
@@ -853,7 +994,7 @@ class MemoryClient:
 
     async def delete_session(self, session_id: str, *, customer_id: str | None = None) -> None:
         """Delete every item of the session; a no-op for an unknown session."""
-        with self._telemetry.operation("memsdk.delete_session") as op:
+        with self._telemetry.operation("memsdk.delete_session") as op, self._overtaken_by_close():
             await self._delete_session(op, session_id, customer_id)
 
     async def _delete_session(
@@ -928,7 +1069,7 @@ class MemoryClient:
         StoreUnavailableError naming what is still pending; those records stay in the WAL
         and keep draining in the background.
         """
-        with self._telemetry.operation("memsdk.flush") as op:
+        with self._telemetry.operation("memsdk.flush") as op, self._overtaken_by_close():
             self._check_open()
             if self._flusher is None:
                 return
@@ -938,7 +1079,7 @@ class MemoryClient:
 
     async def _flush(self, timeout: float | None) -> None:  # noqa: ASYNC109 - flush()'s own
         assert self._flusher is not None
-        from memsdk.wal.flusher import FlushTimeoutError
+        from memsdk.wal.flusher import FlusherStoppedError, FlushTimeoutError
 
         try:
             await self._flusher.wait_through(self._flusher.last_lsn, timeout)
@@ -946,6 +1087,11 @@ class MemoryClient:
             raise StoreUnavailableError(
                 f"flush timed out after {timeout}s with {self._pending_summary()} still in the "
                 "write-ahead log; they stay there and drain when the store answers"
+            ) from None
+        except FlusherStoppedError:
+            raise ClientClosedError(
+                "the MemoryClient was closed before its write-ahead log drained: what is "
+                "still pending stays in wal_dir and is replayed by the next client that opens it"
             ) from None
 
     def health(self) -> Health:
@@ -969,8 +1115,8 @@ class MemoryClient:
                 "wal_appends": log.appends,
                 "wal_fsyncs": log.fsyncs,
                 "wal_quarantined_segments": log.quarantined,
-                "wal_rejected_records": self._flusher.stats().rejected_records,
-                "wal_dropped_turns": self._wal_dropped_turns,
+                "wal_rejected_records": self._wal_rejected_records,
+                "wal_rejected_turns": self._wal_rejected_turns,
             }
         return Health(
             store=self._store.description,
@@ -1037,7 +1183,10 @@ class MemoryClient:
         if unreadable:
             # A record that passed its CRC but is not an append of this format (written by
             # another version?): keep it for an operator rather than drop or misread it.
-            await asyncio.to_thread(_write_rejected, wal_dir, [p for _, p in unreadable])
+            now_ms = self._clock.time_ms()
+            lines = [_rejected_line("undecodable", now_ms, p) for _, p in unreadable]
+            await asyncio.to_thread(_write_rejected, wal_dir, lines)
+            self._wal_rejected_records += len(unreadable)
             wal.confirm([lsn for lsn, _ in unreadable])
             logger.error(
                 "WAL recovery: %d records could not be decoded; kept in rejected/",
@@ -1068,33 +1217,33 @@ class MemoryClient:
                 extra={"wal_quarantined_segment": segment.name},
             )
 
-    async def _release_after_failed_open(self) -> None:
-        if self._wal is not None:
-            await self._wal.close()
-            self._wal, self._flusher = None, None
-        if self._l2 is not None:
-            await self._l2.aclose()
-        await self._store.aclose()
-
     async def _close_wal(self) -> None:
-        """Drain within wal_close_timeout, then leave the rest in the log for the next start."""
+        """Drain within wal_close_timeout (or until hurried), stop the flusher, close the
+        log; what is still pending stays in the log for the next start."""
         wal, flusher = self._wal, self._flusher
         if wal is None or flusher is None:
             return
-        from memsdk.wal.flusher import FlushTimeoutError
+        from memsdk.wal.flusher import FlusherStoppedError, FlushTimeoutError
 
         try:
-            await flusher.wait_through(flusher.last_lsn, self._config.wal_close_timeout)
-        except FlushTimeoutError:
+            if not self._hurry.is_set():
+                drain = flusher.wait_through(flusher.last_lsn, self._config.wal_close_timeout)
+                await _wait_unless(self._hurry, drain)
+        except (FlushTimeoutError, FlusherStoppedError):
+            pass
+        finally:
+            try:
+                await flusher.stop()
+            finally:
+                await wal.close()
+        if flusher.stats().pending_records:
             logger.warning(
-                "close: %s still pending after wal_close_timeout=%ss; they stay in the "
-                "write-ahead log and are replayed when a client opens it again",
+                "close: %s still pending (wal_close_timeout=%ss, or the close was cancelled); "
+                "they stay in the write-ahead log and are replayed when a client opens it again",
                 self._pending_summary(),
                 self._config.wal_close_timeout,
                 extra={"wal_pending_records": flusher.stats().pending_records},
             )
-        await flusher.stop()
-        await wal.close()
 
     def _pending_records(self) -> int:
         return self._flusher.stats().pending_records if self._flusher is not None else 0
@@ -1118,15 +1267,22 @@ class MemoryClient:
         """Fix the turns' ids, put them in the WAL, acknowledge after the fsync."""
         assert self._wal is not None and self._flusher is not None
         pending = self._flusher.pending_for(session_id)
+        # Only owners checked against the store (or a session known absent) lock anyone
+        # out: an owner claimed during an outage is checked by the flush instead.
+        verified_owners = {
+            e.customer_id for e in pending if e.owner_verified and e.customer_id is not None
+        }
         known = self._meta_hints.get(session_id)
+        verified = known is not None or customer_id in verified_owners
         now_ms = self._clock.time_ms()
-        if known is None and not pending and customer_id is not None:
+        if not verified and customer_id is not None:
             # Ownership needs the session's owner; one META read when this process has
             # never seen the session. A store outage does not block the append: the
             # flusher checks ownership again before anything is written.
             try:
                 async with asyncio.timeout(self._config.read_timeout):
                     known = await self._store.get_meta(session_id, consistent=True)
+                verified = True
             except (TimeoutError, StoreError):
                 known = None
             if known is not None:
@@ -1134,8 +1290,7 @@ class MemoryClient:
         live = rules.live_meta(known, now_ms // 1000)
         if live is not None:
             rules.check_owner(live, customer_id)
-        owners = {e.customer_id for e in pending if e.customer_id is not None}
-        for pending_owner in owners:
+        for pending_owner in verified_owners:
             rules.check_owner_id(session_id, pending_owner, customer_id)
         after = rules.high_water(known) if known is not None else None
         if pending and (after is None or pending[-1].last_turn_id > after):
@@ -1147,12 +1302,23 @@ class MemoryClient:
             ttl_seconds=self._config.ttl_seconds,
             retention_seconds=self._config.turn_retention_seconds,
         )
-        owner = customer_id if customer_id is not None else next(iter(owners), None)
+        owner = customer_id if customer_id is not None else next(iter(verified_owners), None)
         payload = encode_append(session_id, owner, records)
-        from memsdk.wal.log import WalFullError, WalIOError
+        flusher = self._flusher
+
+        def durable(lsn: int) -> None:
+            # Called by the log once the record is on disk, even if this call was
+            # cancelled meanwhile: the record is then flushed, never left unaccounted.
+            flusher.add(
+                buffered_append(
+                    lsn, session_id, owner, records, payload, now_ms, owner_verified=verified
+                )
+            )
+
+        from memsdk.wal.log import WalClosedError, WalFullError, WalIOError
 
         try:
-            lsn = await self._wal.append(payload, timeout=self._config.write_timeout)
+            await self._wal.append(payload, timeout=self._config.write_timeout, on_durable=durable)
         except WalFullError as exc:
             self._telemetry.backpressure("wal_full")
             raise BackpressureError(
@@ -1168,7 +1334,12 @@ class MemoryClient:
                 "error): nothing was acknowledged; retry, and check the WAL disk",
                 session_id=session_id,
             ) from exc
-        self._flusher.add(buffered_append(lsn, session_id, owner, records, payload, now_ms))
+        except WalClosedError as exc:
+            raise ClientClosedError(
+                "the MemoryClient was closed before this append reached its write-ahead log: "
+                "nothing was acknowledged; append through an open client",
+                session_id=session_id,
+            ) from exc
         return AppendReceipt(
             session_id=session_id, turn_ids=[t.turn_id for t in records], durable=False
         )
@@ -1176,7 +1347,7 @@ class MemoryClient:
     async def _drain_session(self, session_id: str, *, operation: str) -> None:
         """Wait until the session's buffered appends are in the store (within write_timeout)."""
         assert self._flusher is not None
-        from memsdk.wal.flusher import FlushTimeoutError
+        from memsdk.wal.flusher import FlusherStoppedError, FlushTimeoutError
 
         try:
             await self._flusher.wait_key(session_id, self._config.write_timeout * 10)
@@ -1186,39 +1357,62 @@ class MemoryClient:
                 "they did not drain in time; nothing was changed, retry later",
                 session_id=session_id,
             ) from None
+        except FlusherStoppedError:
+            raise ClientClosedError(
+                f"the MemoryClient was closed while {operation} waited for the session's "
+                "buffered appends: nothing was changed; call it on an open client",
+                session_id=session_id,
+            ) from None
 
     async def _flush_batch(self, session_id: str, batch: list[BufferedAppend]) -> None:
         """Write one batch of a session's buffered appends: its turns and META, one commit."""
         remaining = [e.turns() for e in batch]
         attributes = {"memsdk.wal.records": len(batch), "memsdk.turns": sum(map(len, remaining))}
-        with self._telemetry.background("memsdk.wal.flush", attributes):
-            try:
+        for entry in batch:
+            entry.in_flight = True
+        try:
+            with self._telemetry.background("memsdk.wal.flush", attributes):
                 await self._flush_turns(session_id, batch, remaining)
-            except MemsdkError as exc:
-                if not _final_for_wal(exc):
-                    # Never silent: a store that keeps refusing (down, or a missing table or
-                    # permission) must show in the logs, not only in the backlog gauges.
-                    self._rate_limited.log(
-                        logging.WARNING,
-                        "wal_flush_failing",
-                        "WAL flush: %d buffered appends could not be written yet (%s: %s); "
-                        "they stay in the log and are retried with backoff",
-                        len(batch),
-                        type(exc).__name__,
-                        exc.args[0] if exc.args else "",
-                        extra={"wal_pending_records": self._pending_records()},
-                    )
-                raise
+        except StoreUnavailableError as exc:
+            if exc.maybe_applied:
+                for entry in batch:
+                    entry.maybe_landed = True
+            self._flush_failing(batch, exc)
+            raise
+        except MemsdkError as exc:
+            self._flush_failing(batch, exc)
+            raise
+        finally:
+            for entry in batch:
+                entry.in_flight = False
+            self._flush_progress.notify()
+
+    def _flush_failing(self, batch: list[BufferedAppend], exc: MemsdkError) -> None:
+        if not _final_for_wal(exc):
+            # Never silent: a store that keeps refusing (down, or a missing table or
+            # permission) must show in the logs, not only in the backlog gauges.
+            self._rate_limited.log(
+                logging.WARNING,
+                "wal_flush_failing",
+                "WAL flush: %d buffered appends could not be written yet (%s: %s); "
+                "they stay in the log and are retried with backoff",
+                len(batch),
+                type(exc).__name__,
+                exc.args[0] if exc.args else "",
+                extra={"wal_pending_records": self._pending_records()},
+            )
 
     async def _flush_turns(
         self, session_id: str, batch: list[BufferedAppend], remaining: list[list[TurnRecord]]
     ) -> None:
-        """Commit `remaining` (the batch's appends, one list of turns each) as one write."""
-        owner = next((e.customer_id for e in batch if e.customer_id is not None), None)
-        dropped: list[TurnRecord] = []
+        """Commit `remaining` (the batch's appends, one list of turns each) as one write;
+        appends ordered before another process's delete go to rejected/ instead."""
+        owner = batch[0].customer_id  # one owner per batch (see batch_fits)
+        set_aside: list[int] = []
+        stored_version: list[int | None] = [None]
 
         def plan(current: MetaRecord | None, now_ms: int) -> SessionWrite | None:
-            write, gone = rules.plan_buffered_append(
+            write, aside = rules.plan_buffered_append(
                 current,
                 session_id=session_id,
                 appends=remaining,
@@ -1226,48 +1420,91 @@ class MemoryClient:
                 now_ms=now_ms,
                 ttl_seconds=self._config.ttl_seconds,
             )
-            dropped[:] = gone
+            set_aside[:] = aside
             return write
 
         def landed_before(turn_ids: frozenset[str]) -> None:
-            # An earlier run wrote part of these appends (a batch cut another way): skip them.
-            remaining[:] = [
-                left
-                for turns in remaining
-                if (left := [t for t in turns if t.turn_id not in turn_ids])
-            ]
+            # An earlier run wrote part of these appends (a batch cut another way): skip
+            # those turns; positions stay, so that `set_aside` indexes `batch`.
+            remaining[:] = [[t for t in turns if t.turn_id not in turn_ids] for turns in remaining]
 
-        await self._commit(session_id, plan, operation="flush", on_existing=landed_before)
-        if dropped:
-            self._wal_dropped_turns += len(dropped)
-            self._rate_limited.log(
-                logging.WARNING,
-                "wal_dropped",
-                "WAL flush: %d buffered turns were not written: the session was deleted, or "
-                "expired and started again, after they were acknowledged",
-                len(dropped),
-                extra={"session_id": session_id, "wal_dropped_turns": len(dropped)},
-            )
+        def applied(version: int | None) -> None:
+            stored_version[0] = version
+
+        write = await self._commit(
+            session_id, plan, operation="flush", on_existing=landed_before, on_applied=applied
+        )
+        aside = {batch[i].lsn for i in set_aside}
+        if aside:
+            kept = [e for e in batch if e.lsn in aside]
+            await self._set_aside(session_id, kept, "ordered_before_delete")
+        for entry, turns in zip(batch, remaining, strict=True):
+            if entry.lsn in aside:
+                continue
+            if write is not None and turns and stored_version[0] is not None:
+                entry.committed_version = stored_version[0]
+            else:
+                # Stored by an earlier attempt, at a META version nobody reported.
+                entry.maybe_landed = True
+
+    async def _set_aside(
+        self, session_id: str, batch: list[BufferedAppend], reason: str, error: str = ""
+    ) -> None:
+        """Keep acknowledged appends the store will not take under rejected/, with the
+        reason; count, log and trace them. Runs before the log confirms them."""
+        assert self._config.wal_dir is not None
+        now_ms = self._clock.time_ms()
+        lines = [_rejected_line(reason, now_ms, e.payload) for e in batch]
+        await asyncio.to_thread(_write_rejected, self._config.wal_dir, lines)
+        turns = sum(e.turn_count for e in batch)
+        for entry in batch:
+            entry.set_aside = True
+        self._wal_rejected_records += len(batch)
+        self._wal_rejected_turns += turns
+        self._telemetry.wal_rejected(reason, len(batch), turns)
+        why = _SET_ASIDE_WHY.get(reason, reason)
+        self._rate_limited.log(
+            logging.ERROR if reason != "ordered_before_delete" else logging.WARNING,
+            f"wal_rejected_{reason}",
+            "WAL flush: %d acknowledged turns (%d appends) were not written to the store: %s%s; "
+            "they are kept in the WAL's rejected/ folder",
+            turns,
+            len(batch),
+            why,
+            f" ({error})" if error else "",
+            extra={
+                "session_id": session_id,
+                "wal_rejected_records": len(batch),
+                "wal_rejected_turns": turns,
+                "wal_reason": reason,
+            },
+        )
 
     async def _reject_batch(
         self, session_id: str, batch: list[BufferedAppend], exc: BaseException
     ) -> None:
-        """Keep records the store will never take where an operator finds them; log it."""
-        assert self._config.wal_dir is not None
-        payloads = [e.payload for e in batch]
-        await asyncio.to_thread(_write_rejected, self._config.wal_dir, payloads)
-        self._rate_limited.log(
-            logging.ERROR,
-            "wal_rejected",
-            "WAL flush: the store refused %d buffered appends for good (%s: %s); they are "
-            "kept in the WAL's rejected/ folder",
-            len(batch),
-            type(exc).__name__,
-            exc,
-            extra={"session_id": session_id, "wal_rejected_records": len(batch)},
-        )
+        """The store refused a batch for good: keep it where an operator finds it."""
+        reason = "ownership" if isinstance(exc, SessionOwnershipError) else "store_refused"
+        await self._set_aside(session_id, batch, reason, type(exc).__name__)
 
     # ---------------------------------------------------------------- helpers
+
+    @contextlib.contextmanager
+    def _overtaken_by_close(self) -> Iterator[None]:
+        """A store error of a call that aclose() overtook (its store or log went away
+        under it) reads as ClientClosedError: what happened is the close."""
+        try:
+            yield
+        except ClientClosedError:
+            raise
+        except StoreError as exc:
+            if self._state != "closed" or getattr(exc, "maybe_applied", False):
+                raise  # an ambiguous write keeps saying so
+            raise ClientClosedError(
+                "the MemoryClient was closed during this call, which did not complete; "
+                "call it again on an open client",
+                session_id=exc.session_id,
+            ) from exc
 
     def _check_open(self) -> None:
         if self._state != "open":
@@ -1275,12 +1512,13 @@ class MemoryClient:
                 "MemoryClient is not open: use `async with MemoryClient(config) as mem:`"
             )
 
-    def _absent(self, session_id: str, stored: MetaRecord | None) -> Context:
+    def _absent(self, session_id: str, stored: MetaRecord | None) -> _Read:
         """The answer for a session that is absent or expired; keep an expired META as a hint."""
         self._forget(session_id)
         if stored is not None:
             self._hint(stored)  # the next write's compare-and-set needs its version
-        return Context(session_id=session_id, meta=None, turns=[], summary=None)
+        ctx = Context(session_id=session_id, meta=None, turns=[], summary=None)
+        return _Read(ctx, None if stored is None else stored.version)
 
     def _hint(self, meta: MetaRecord) -> None:
         known = self._meta_hints.get(meta.session_id)
@@ -1397,8 +1635,10 @@ class MemoryClient:
             self._spawn(self._l2.fill(meta, now_s=now_s, lease=lease))
 
     def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
-        if len(self._background) >= _MAX_BACKGROUND_TASKS:
-            work.close()  # shed best-effort cache work rather than queue it without bound
+        if len(self._background) >= _MAX_BACKGROUND_TASKS or self._background_stopped:
+            # Shed best-effort cache work rather than queue it without bound, or start
+            # it after close() stopped the rest (nothing would ever stop it).
+            work.close()
             return
         task = asyncio.ensure_future(work)
         self._background.add(task)
@@ -1432,10 +1672,13 @@ class MemoryClient:
         operation: str,
         read_first: bool = False,
         on_existing: Callable[[frozenset[str]], None] | None = None,
+        on_applied: Callable[[int | None], None] | None = None,
     ) -> SessionWrite | None:
         """Plan on the best-known META and commit; after a lost race, re-plan on the current one.
 
         Returns the write applied, or None when the planner found nothing left to write.
+        `on_applied(version)`: the version of the META the store holds after the write
+        (None: it was applied by an earlier attempt and the store did not say which).
         """
         sent = False
         try:
@@ -1463,11 +1706,15 @@ class MemoryClient:
                     sent = True
                     outcome = await self._store.commit(write)
                     if outcome.applied:
+                        stored: MetaRecord | None = write.meta
                         if outcome.already_applied and outcome.current != write.meta:
-                            await self._after_earlier_attempt(session_id, outcome.current)
+                            stored = outcome.current
+                            await self._after_earlier_attempt(session_id, stored)
                         else:
                             self._after_write(write)
                             await self._write_through(write.meta)
+                        if on_applied is not None:
+                            on_applied(None if stored is None else stored.version)
                         return write
                     sent = False
                     if outcome.existing_turn_ids and on_existing is not None:
@@ -1501,6 +1748,64 @@ class MemoryClient:
         )
 
 
+async def _outlast_cancellation(task: asyncio.Future[None]) -> None:
+    """Wait for `task` (a close) to end even if this caller is cancelled once more meanwhile;
+    the caller re-raises its own cancel afterwards. A second cancel while waiting here is
+    given up on: the close goes on in its own task."""
+    if not task.done():
+        await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()  # retrieved: the close logs its own failures
+
+
+async def _wait_unless(stop: asyncio.Event, work: Coroutine[Any, Any, Any]) -> None:
+    """Run `work` until it ends or `stop` is set, whichever comes first; then stop both."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await stop_tasks([stopper])
+        if task.done():
+            task.result()  # its error, if any, is the caller's to handle
+        else:
+            await stop_tasks([task])
+
+
+class _Signal:
+    """A broadcast without a lock: notify() wakes every wait_for() to check its predicate."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        """Wake every waiter (safe anywhere, even in a cancelled task's finally)."""
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Return once `predicate()` is true, checking after every notify()."""
+        while not predicate():
+            await self._event.wait()
+
+
+class _Read(NamedTuple):
+    """A read's answer and the version of the META it was built from (None: none)."""
+
+    ctx: Context
+    version: int | None
+
+
+def _may_show(entry: BufferedAppend, owner: str | None, reader: str | None) -> bool:
+    """Whether a read may overlay this buffered append: never one the flush will refuse
+    for another owner, nor one whose owner nobody could verify to another customer."""
+    if entry.customer_id is None:
+        return True
+    if owner is not None:
+        return entry.customer_id == owner
+    return entry.owner_verified or reader is None or reader == entry.customer_id
+
+
 class _Planner(Protocol):
     def __call__(self, current: MetaRecord | None, now_ms: int, /) -> SessionWrite | None: ...
 
@@ -1509,13 +1814,35 @@ def _newest_id(newest_first: tuple[Turn, ...]) -> str:
     return newest_first[0].turn_id or ""
 
 
-def _write_rejected(wal_dir: str, payloads: list[bytes]) -> None:
-    """Append payloads, one JSON line each, to rejected/rejected.jsonl (0600, fsync'd)."""
+class _RejectedLine(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One line of rejected/rejected.jsonl: why, when, and the WAL record itself."""
+
+    reason: str
+    rejected_at_ms: int
+    record: msgspec.Raw | None = None  # the append's JSON payload, as the WAL held it
+    record_base64: str | None = None  # a payload that is not JSON (undecodable records)
+
+
+def _rejected_line(reason: str, now_ms: int, payload: bytes) -> bytes:
+    try:
+        msgspec.json.decode(payload)
+    except msgspec.DecodeError:
+        line = _RejectedLine(
+            reason=reason, rejected_at_ms=now_ms, record_base64=base64.b64encode(payload).decode()
+        )
+    else:
+        line = _RejectedLine(reason=reason, rejected_at_ms=now_ms, record=msgspec.Raw(payload))
+    return msgspec.json.encode(line)
+
+
+def _write_rejected(wal_dir: str, lines: list[bytes]) -> None:
+    """Append lines to rejected/rejected.jsonl (0600, fsync'd) before the log confirms them:
+    a crash in between writes them again (at least once), never loses them."""
     folder = Path(wal_dir) / "rejected"
     folder.mkdir(mode=0o700, exist_ok=True)
     fd = os.open(folder / "rejected.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        os.write(fd, b"".join(p + b"\n" for p in payloads))
+        os.write(fd, b"".join(line + b"\n" for line in lines))
         os.fsync(fd)
     finally:
         os.close(fd)

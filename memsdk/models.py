@@ -110,5 +110,7 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     wal_appends: int = 0
     wal_fsyncs: int = 0
     wal_quarantined_segments: int = 0
+    # Acknowledged appends (records) and their turns kept in wal_dir/rejected/ instead of
+    # the store: ordered before another process's delete, refused for good, or undecodable.
     wal_rejected_records: int = 0
-    wal_dropped_turns: int = 0
+    wal_rejected_turns: int = 0

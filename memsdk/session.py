@@ -211,6 +211,22 @@ def validate_turns(session_id: str, turns: object, max_turn_bytes: int) -> list[
     return checked
 
 
+def validate_summary_size(text: str, session_id: str, max_bytes: int) -> None:
+    """Raise TurnTooLargeError if a summary of `text` cannot be stored (checked before I/O).
+
+    The summary is stored twice, as its own item and in META, so it must fit both the
+    per-item cap and what META can hold beside its own fields.
+    """
+    size = len(text.encode("utf-8"))
+    limit = min(max_bytes, META_ITEM_LIMIT - _META_FIXED_BYTES)
+    if size > limit:
+        raise TurnTooLargeError(
+            f"summary text encodes to {size} bytes, over the {limit} a summary may hold "
+            "(max_turn_bytes, and room in META): summarize more tightly; nothing was written",
+            session_id=session_id,
+        )
+
+
 def meta_item_bytes(meta: MetaRecord) -> int:
     """Upper bound of the DynamoDB item size of a META item."""
     size = 2 + len("SESSION#") + len(meta.session_id) + 2 + len("META")
@@ -218,6 +234,7 @@ def meta_item_bytes(meta: MetaRecord) -> int:
     size += len("turn_count") + _NUMBER_BYTES + len("version") + _NUMBER_BYTES
     size += len("customer_id") + len((meta.customer_id or "").encode("utf-8"))
     size += len("last_turn_id") + len("floor_turn_id") + 2 * _TURN_ID_BYTES
+    size += len("deleted") + len("late_turns") + 2  # two BOOLs, 1 byte each
     size += len("page_context") + len(_JSON.encode(meta.page_context))
     size += len("attributes") + len(_JSON.encode(meta.attributes))
     if meta.summary is not None:
@@ -225,6 +242,26 @@ def meta_item_bytes(meta: MetaRecord) -> int:
         size += len("summary_through_turn_id") + _TURN_ID_BYTES
         size += len("summary_created_at_ms") + len("summary_expires_at") + 2 * _NUMBER_BYTES
     return size
+
+
+# META with the longest ids, empty page_context and attributes, and an empty summary: what a
+# summary's text can never use (validate_summary_size).
+_META_FIXED_BYTES = meta_item_bytes(
+    MetaRecord(
+        session_id="s" * 128,
+        customer_id="c" * 256 * 4,  # 256 characters of up to 4 UTF-8 bytes
+        created_at_ms=0,
+        updated_at_ms=0,
+        turn_count=0,
+        last_turn_id=None,
+        floor_turn_id="0" * _TURN_ID_BYTES,
+        page_context={},
+        attributes={},
+        expires_at=0,
+        version=0,
+        summary=SummaryRecord(text="", through_turn_id="0", created_at_ms=0, expires_at=0),
+    )
+)
 
 
 def _check_meta_size(meta: MetaRecord) -> None:
@@ -397,7 +434,10 @@ def plan_append(
         retention_seconds=retention_seconds,
     )
     meta = msgspec.structs.replace(
-        meta, turn_count=meta.turn_count + len(records), last_turn_id=turn_ids[-1]
+        meta,
+        turn_count=meta.turn_count + len(records),
+        last_turn_id=turn_ids[-1],
+        late_turns=False,  # fresh ids sort after the high-water mark
     )
     _check_meta_size(meta)
     return SessionWrite(
@@ -413,16 +453,20 @@ def plan_buffered_append(
     customer_id: str | None,
     now_ms: int,
     ttl_seconds: int,
-) -> tuple[SessionWrite | None, list[TurnRecord]]:
+) -> tuple[SessionWrite | None, list[int]]:
     """Plan the store write of appends whose turn ids were fixed when the WAL acknowledged
     them (one sequence of turns per append, in log order).
 
-    Returns the write (None when nothing is left to write) and the turns dropped because
-    their append reaches at or below the live incarnation's floor: the session was deleted,
-    or expired and was started again, after they were acknowledged. An append is dropped
-    whole, never cut in two: ids fixed within one millisecond can interleave with another
-    writer's, so one append may straddle the floor. Raises SessionOwnershipError when the
-    session now belongs to another customer.
+    Returns the write (None when nothing is left to write) and the indexes in `appends` of
+    the appends set aside because they reach at or below the live incarnation's floor: the
+    session was deleted (or expired and started again) by a writer that had not seen them,
+    so they are ordered before that delete. An append is set aside whole, never cut in two:
+    ids fixed within one millisecond can interleave with another writer's, so one append
+    may straddle the floor. Raises SessionOwnershipError when the session now belongs to
+    another customer.
+
+    The write's META says `late_turns` when every kept turn sorts below the `last_turn_id`
+    it found: readers then know that comparing newest ids cannot show this commit.
     """
     meta, expected = _base_meta(
         current,
@@ -432,19 +476,27 @@ def plan_buffered_append(
         ttl_seconds=ttl_seconds,
     )
     keep: list[TurnRecord] = []
-    dropped: list[TurnRecord] = []
-    for turns in appends:
-        below = any(t.turn_id <= meta.floor_turn_id for t in turns)
-        (dropped if below else keep).extend(turns)
+    set_aside: list[int] = []
+    for index, turns in enumerate(appends):
+        if any(t.turn_id <= meta.floor_turn_id for t in turns):
+            set_aside.append(index)
+        else:
+            keep.extend(turns)
     if not keep:
-        return None, dropped
-    last = max(meta.last_turn_id or "", *(t.turn_id for t in keep))
-    meta = msgspec.structs.replace(meta, turn_count=meta.turn_count + len(keep), last_turn_id=last)
+        return None, set_aside
+    newest = max(t.turn_id for t in keep)
+    found = meta.last_turn_id or ""
+    meta = msgspec.structs.replace(
+        meta,
+        turn_count=meta.turn_count + len(keep),
+        last_turn_id=max(found, newest),
+        late_turns=newest < found,
+    )
     _check_meta_size(meta)
     write = SessionWrite(
         meta=meta, expected_version=expected, now_s=now_ms // 1000, turns=keep, summary=None
     )
-    return write, dropped
+    return write, set_aside
 
 
 def plan_update_meta(
@@ -493,8 +545,7 @@ def plan_summary(
             "or a loaded Context)",
             session_id=sid,
         )
-    if len(text.encode("utf-8")) > max_bytes:
-        raise TurnTooLargeError(f"summary is over max_turn_bytes={max_bytes}", session_id=sid)
+    validate_summary_size(text, sid, max_bytes)
     summary = SummaryRecord(
         text=text,
         through_turn_id=through_turn_id,
@@ -558,16 +609,17 @@ class _HasRole(Protocol):
 def select_window(newest_first: Sequence[_HasRole], last_n: int, exhausted: bool) -> int | None:
     """How many of the newest turns form the window, or None if an older page is needed.
 
-    Guarantee 9: a window never begins with a tool turn; its start moves back to the turn
-    that called the tool. Tool turns with no caller left in the session are dropped.
+    Guarantee 9: a window never begins with a tool turn whose caller is outside it; its
+    start moves back to the turn that called the tool. When no such turn exists (the
+    session itself begins with tool turns), the window starts at the session's first
+    visible turn: no acknowledged turn is ever dropped from view to keep the rule.
+    `exhausted`: `newest_first` holds every visible turn of the session.
     """
     count = min(last_n, len(newest_first))
     while count < len(newest_first) and newest_first[count - 1].role == "tool":
         count += 1
     if not exhausted and (len(newest_first) < last_n or newest_first[count - 1].role == "tool"):
         return None
-    while count > 0 and newest_first[count - 1].role == "tool":
-        count -= 1
     return count
 
 

@@ -100,6 +100,8 @@ _COUNTERS: Final = (
      "Redis commands skipped because Redis's circuit breaker was open."),
     ("memsdk.wal.replayed_records", "{record}",
      "Unconfirmed WAL records queued for replay when a client opened."),
+    ("memsdk.wal.rejected_turns", "{turn}",
+     "Acknowledged turns kept in the WAL's rejected/ folder instead of the store, by reason."),
     ("memsdk.context.loads", "{call}",
      "Non-degraded load_context answers, by the session's turn count (0: absent)."),
 )  # fmt: skip
@@ -541,6 +543,15 @@ class Telemetry:
         if self.enabled:
             self._count("memsdk.wal.replayed_records", amount=records)
             self.event("memsdk.wal.replay", {"memsdk.wal.records": records})
+
+    def wal_rejected(self, reason: str, records: int, turns: int) -> None:
+        """Acknowledged appends were set aside in rejected/; `reason` is a short fixed code."""
+        if self.enabled:
+            self._count("memsdk.wal.rejected_turns", ("memsdk.wal.reason", reason), amount=turns)
+            self.event(
+                "memsdk.wal.rejected",
+                {"memsdk.wal.reason": reason, "memsdk.wal.records": records, "memsdk.turns": turns},
+            )
 
     def loaded_turn_count(self, turn_count: int) -> None:
         """The session load_context returned has this many turns (0: absent)."""

@@ -7,7 +7,7 @@ items and the store recognises them (see Store.commit, `existing_turn_ids`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence, Set
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -18,6 +18,7 @@ from memsdk.store.base import TurnRecord
 
 __all__ = [
     "BufferedAppend",
+    "OverlayUncertain",
     "batch_fits",
     "buffered_append",
     "decode_append",
@@ -43,12 +44,23 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(_AppendRecord)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class BufferedAppend:
-    """One acknowledged append waiting for the store.
+    """One acknowledged append waiting for the store, and what became of it.
 
     It keeps the encoded payload, not the decoded turns: a backlog built up during an outage
     then costs about as much memory as it costs disk (wal_max_bytes bounds both).
+
+    `owner_verified`: `customer_id` was checked against the session's owner (or the
+    session was known absent) before the append was acknowledged. An unverified owner (the
+    store was down, or the record was replayed from the log) never locks anyone out of the
+    session: the flush checks it against the store.
+
+    The flusher's progress, for reads that overlay this append (see `overlay`): `in_flight`
+    while a commit carrying it is out; `maybe_landed` after a commit that may have landed
+    failed; `committed_version`, the META version its commit produced (0: it was found
+    already stored, at an unknown version); `set_aside` when it was kept out of the store
+    (ordered before another process's delete, or refused for good).
     """
 
     lsn: int
@@ -59,6 +71,11 @@ class BufferedAppend:
     first_turn_id: str
     last_turn_id: str
     appended_at_ms: int
+    owner_verified: bool = False
+    in_flight: bool = False
+    maybe_landed: bool = False
+    committed_version: int | None = None
+    set_aside: bool = False
 
     @property
     def key(self) -> str:
@@ -82,6 +99,8 @@ def buffered_append(
     turns: Sequence[TurnRecord],
     payload: bytes,
     appended_at_ms: int,
+    *,
+    owner_verified: bool = False,
 ) -> BufferedAppend:
     """The in-memory entry of an append whose payload the WAL acknowledged."""
     return BufferedAppend(
@@ -93,6 +112,7 @@ def buffered_append(
         first_turn_id=turns[0].turn_id,
         last_turn_id=turns[-1].turn_id,
         appended_at_ms=appended_at_ms,
+        owner_verified=owner_verified,
     )
 
 
@@ -118,59 +138,93 @@ def batch_fits(
 ) -> bool:
     """Whether `entry` joins `batch` in one store transaction of at most `max_turns` turns.
 
-    An append is never split: a batch always takes its first entry, whatever its size.
+    An append is never split: a batch always takes its first entry, whatever its size. A
+    batch holds one customer_id: the store checks ownership per commit, and one append
+    refused for another owner must not take an owner's own appends down with it.
     """
+    if entry.customer_id != batch[0].customer_id:
+        return False
     turns = sum(e.turn_count for e in batch) + entry.turn_count
     size = sum(e.size for e in batch) + entry.size
     return turns <= min(max_turns, MAX_BATCH_TURNS) and size <= MAX_BATCH_BYTES
 
 
+class OverlayUncertain(Exception):
+    """Whether the read's META counts one of these appends cannot be told (see overlay)."""
+
+
 def overlay(
     ctx: Context,
     before: Sequence[BufferedAppend],
-    still_pending: Set[int],
+    read_version: int | None,
     last_n: int,
     ttl_seconds: int,
+    *,
+    uncertain_included: bool = False,
 ) -> Context:
-    """`ctx` with this process's pending turns merged in (read-your-writes).
+    """`ctx` with this process's buffered appends that its META does not include merged in
+    (read-your-writes), each counted once in `turn_count`.
 
-    `before` is the session's pending entries taken *before* the read began, and
-    `still_pending` the lsns still pending after it ended. An entry the flusher committed
-    while the read was in flight is in `before`; whether the read saw it is decided per
-    turn: a stored turn newer than the window's oldest (or any stored turn, when the window
-    holds the whole session) is in the window. Older ones are outside the window either way
-    and count toward `turn_count` only if still pending after the read.
+    `before`: the session's pending appends taken *before* the read began (an append the
+    flusher commits while the read is in flight is then still in it); `read_version`: the
+    version of the META the answer was built from (None: no META). The answer's turns and
+    META agree (a read never serves a torn window), so an append the META includes shows
+    at least one turn in the window, unless all of its turns sort below the window. For
+    those, the flush's own record decides: committed at or below `read_version`, or
+    followed by a later append of this process that the answer shows (a session's appends
+    are flushed in log order). An append whose commit is out, or failed and may have
+    landed, cannot be told: OverlayUncertain (the caller waits for the commit, or flags
+    the answer degraded and passes `uncertain_included` to count such appends as included).
+    Appends set aside by the flush are not shown: they never land.
     """
     shown = {t.turn_id for t in ctx.turns}
     oldest = ctx.turns[0].turn_id if ctx.turns else None
-    whole_session = len(ctx.turns) < last_n
-    extra: list[Turn] = []
-    uncounted = 0
-    for entry in before:
-        for record in entry.turns():
-            if record.turn_id in shown:
+    whole_session = ctx.meta is None or oldest is None or len(ctx.turns) < last_n
+    decoded = [(entry, entry.turns()) for entry in before if not entry.set_aside]
+    # Newest first: once one of them is in the answer's META, every older one is too.
+    included_after = False
+    missing: list[list[TurnRecord]] = []
+    for entry, records in reversed(decoded):
+        if included_after or any(r.turn_id in shown for r in records):
+            included_after = True
+            continue
+        version = entry.committed_version
+        if version is not None:
+            if read_version is not None and read_version >= version:
+                included_after = True
                 continue
-            if ctx.meta is None or whole_session or oldest is None or record.turn_id > oldest:
-                extra.append(rules.to_public_turn(record))
-            elif entry.lsn in still_pending:
-                uncounted += 1
-    if not extra and not uncounted:
+        elif entry.in_flight or entry.maybe_landed:
+            in_window = whole_session or any(r.turn_id > (oldest or "") for r in records)
+            if not in_window:
+                if uncertain_included:
+                    continue
+                raise OverlayUncertain
+        missing.append(records)
+    if not missing:
         return ctx
+    extra = [
+        rules.to_public_turn(record)
+        for records in missing
+        for record in records
+        if whole_session or record.turn_id > (oldest or "")
+    ]
+    counted = sum(len(records) for records in missing)
     merged = sorted([*ctx.turns, *extra], key=_turn_id)
     newest_first = merged[::-1]
     count = rules.select_window(newest_first, last_n, True) or 0
     window = newest_first[:count][::-1]
-    newest_ms = max((t.created_at_ms or 0 for t in extra), default=0)
-    newest_id = _turn_id(merged[-1]) if merged else ""
+    added = [record for records in missing for record in records]
+    newest_ms = max(r.created_at_ms for r in added)
+    newest_id = _turn_id(merged[-1]) if merged else max(r.turn_id for r in added)
     meta = ctx.meta
     if meta is None:
-        owner = next((e.customer_id for e in before if e.customer_id is not None), None)
+        owners = {e.customer_id for e in before if e.owner_verified and not e.set_aside}
         meta = Meta(
             session_id=ctx.session_id,
-            customer_id=owner,
-            created_at_ms=min(t.created_at_ms or 0 for t in extra),
+            customer_id=next(iter(owners)) if len(owners) == 1 else None,
+            created_at_ms=min(r.created_at_ms for r in added),
             updated_at_ms=newest_ms,
-            turn_count=len(extra),
+            turn_count=counted,
             last_turn_id=newest_id,
             page_context={},
             expires_at=newest_ms // 1000 + ttl_seconds,
@@ -179,7 +233,7 @@ def overlay(
     else:
         meta = msgspec.structs.replace(
             meta,
-            turn_count=meta.turn_count + len(extra) + uncounted,
+            turn_count=meta.turn_count + counted,
             last_turn_id=max(meta.last_turn_id or "", newest_id),
             updated_at_ms=max(meta.updated_at_ms, newest_ms),
             expires_at=max(meta.expires_at, newest_ms // 1000 + ttl_seconds),

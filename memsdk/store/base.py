@@ -64,6 +64,10 @@ class MetaRecord(msgspec.Struct, frozen=True, kw_only=True):
     the item itself stays (its `expires_at` is its physical TTL) so that a late write of
     turns acknowledged before the delete (a WAL replay) finds it and is dropped, instead
     of starting a new incarnation that would bring them back.
+    `late_turns` is True when the newest commit of turns put every one of them below the
+    `last_turn_id` it found (buffered turns of a writer whose clock is behind). A read that
+    took its turns and META in parallel cannot see such a commit land between the two by
+    comparing newest ids: it reads the turns again, after META (see memsdk.client).
     """
 
     session_id: str
@@ -79,6 +83,7 @@ class MetaRecord(msgspec.Struct, frozen=True, kw_only=True):
     version: int
     summary: SummaryRecord | None = None
     deleted: bool = False
+    late_turns: bool = False
 
 
 class SessionWrite(msgspec.Struct, frozen=True, kw_only=True):

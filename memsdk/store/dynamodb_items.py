@@ -113,6 +113,8 @@ def meta_to_item(meta: MetaRecord) -> Item:
         item["last_turn_id"] = {"S": meta.last_turn_id}
     if meta.deleted:
         item["deleted"] = {"BOOL": True}
+    if meta.late_turns:
+        item["late_turns"] = {"BOOL": True}
     summary = meta.summary
     if summary is not None:
         item["summary_text"] = {"S": summary.text}
@@ -193,6 +195,7 @@ class MetaItem(msgspec.Struct, frozen=True):
     summary_created_at_ms: N | None = None
     summary_expires_at: N | None = None
     deleted: BOOL | None = None
+    late_turns: BOOL | None = None
 
 
 class TurnItem(msgspec.Struct, frozen=True):
@@ -291,6 +294,7 @@ def wire_to_meta(item: MetaItem) -> MetaRecord:
         version=_int(item.version, "version", sid),
         summary=summary,
         deleted=item.deleted is not None and item.deleted.BOOL,
+        late_turns=item.late_turns is not None and item.late_turns.BOOL,
     )
 
 

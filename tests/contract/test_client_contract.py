@@ -131,11 +131,26 @@ async def test_tool_turn_never_starts_a_window(mem: MemoryClient) -> None:
     assert ctx.turns[0].role == "assistant"
 
 
-async def test_orphan_tool_turns_are_dropped_from_window_start(mem: MemoryClient) -> None:
+async def test_a_session_that_begins_with_tool_turns_returns_them(
+    mem: MemoryClient, make_client: ClientFactory
+) -> None:
+    # Guarantee 9 never drops an acknowledged turn: with no caller anywhere in the session,
+    # the window starts at its first turn (a tool output appended alone read back empty).
+    big = "x" * 200_000
+    receipt = await mem.append_turns("sess-tool-only", [Turn(role="tool", content=big)])
     await mem.append_turns("sess-orphan", [Turn(role="tool", content="t"), bot("after")])
-    ctx = await mem.load_context("sess-orphan")
-    assert [t.content for t in ctx.turns] == ["after"]
-    assert ctx.meta is not None and ctx.meta.turn_count == 2
+    cold = await make_client()  # another process: nothing in its L1
+    for client in (mem, cold, mem):  # warm L1, a cold store read, then L1 again
+        alone = await client.load_context("sess-tool-only")
+        assert [t.turn_id for t in alone.turns] == receipt.turn_ids
+        assert alone.turns[0].content == big
+        ctx = await client.load_context("sess-orphan")
+        assert [t.content for t in ctx.turns] == ["t", "after"]
+        assert ctx.meta is not None and ctx.meta.turn_count == 2
+        # The newest turn alone is a whole window: no tool result without its caller.
+        assert [t.content for t in (await client.load_context("sess-orphan", last_n=1)).turns] == [
+            "after"
+        ]
 
 
 async def test_ttl_expiry_and_sliding(mem: MemoryClient, clock: FakeClock) -> None:
@@ -629,3 +644,61 @@ async def test_a_read_never_caches_its_answer_over_a_newer_write_of_this_process
     assert [t.content for t in (await read).turns] == ["a"]  # true when it was read
     ctx = await mem.load_context("sess-race")
     assert [t.content for t in ctx.turns] == ["a", "b"]
+
+
+class LaggingMeta(FaultyStore):
+    """Eventually consistent reads of META return what it was at `freeze()`, as a DynamoDB
+    replica that has not caught up would (DynamoDB Local itself is always consistent)."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.frozen: dict[str, Any] = {}
+        self.lagging_reads = 0
+
+    async def freeze(self, session_id: str) -> None:
+        self.frozen[session_id] = await self.inner.get_meta(session_id, consistent=True)
+
+    async def get_meta(self, session_id: str, *, consistent: bool) -> Any:
+        if not consistent and session_id in self.frozen:
+            self.lagging_reads += 1
+            return self.frozen[session_id]
+        return await super().get_meta(session_id, consistent=consistent)
+
+
+async def test_sticky_never_reads_a_meta_older_than_its_own_write(
+    make_client: ClientFactory, store_settings: dict[str, Any]
+) -> None:
+    """Defect 7 (issue 13): a sticky read that L1 could not serve read META eventually
+    consistent and served (and cached) a META older than the process's own append."""
+    store = LaggingMeta(build_store(Config(**store_settings)))
+    mem = await make_client(store=store, consistency="sticky")
+    await mem.append_turns("s1", [user(f"m{i}") for i in range(29)])
+    await store.freeze("s1")  # a replica stuck before the next append
+    own = await mem.append_turn("s1", user("mine"))
+    # L1 holds the newest 28 turns (last_n + slack): a 40-turn window needs the store.
+    ctx = await mem.load_context("s1", last_n=40)
+    assert ctx.turns[-1].turn_id == own.turn_ids[0]
+    assert ctx.meta is not None and ctx.meta.turn_count == 30
+    assert store.lagging_reads == 0
+    # A process that never saw the session may read a lagging replica (sticky's promise
+    # is about this process's own writes only).
+    other = await make_client(store=store, consistency="sticky")
+    await other.load_context("s1", last_n=40)
+    assert store.lagging_reads == 1
+
+
+async def test_an_oversized_summary_is_refused_before_any_io(
+    make_client: ClientFactory, store_settings: dict[str, Any], tmp_path: Any
+) -> None:
+    """Defect 8 (issue 13): the size was checked only after a consistent get_meta, and
+    after waiting for the session's buffered appends to drain."""
+    counting = CountingStore(build_store(Config(**store_settings)))
+    mem = await make_client(store=counting, wal_dir=str(tmp_path / "wal"))
+    receipt = await mem.append_turn("s1", user("hi"))
+    counting.reset()
+    with pytest.raises(errors.TurnTooLargeError) as info:
+        await mem.put_summary(
+            "s1", "x" * (mem.config.max_turn_bytes + 1), through_turn_id=receipt.turn_ids[0]
+        )
+    assert info.value.session_id == "s1"
+    assert sum(counting.calls.values()) == 0

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import shutil
 import stat
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from memsdk import Config, MemoryClient, Turn
 from memsdk.client import build_store
 from memsdk.errors import (
     BackpressureError,
+    ClientClosedError,
     ConfigError,
     SessionOwnershipError,
     StoreError,
@@ -61,9 +64,9 @@ def wal_dir(tmp_path: Path) -> str:
 def open_client(store_settings: dict[str, Any], clock: FakeClock) -> Any:
     clients: list[MemoryClient] = []
 
-    async def factory(store: Any = None, **overrides: Any) -> MemoryClient:
+    async def factory(store: Any = None, clock_: Any = None, **overrides: Any) -> MemoryClient:
         config = Config(**{**store_settings, **TEST_TIMEOUTS, **overrides})
-        client = MemoryClient(config, clock=clock, store=store)
+        client = MemoryClient(config, clock=clock_ or clock, store=store)
         await client.open()
         clients.append(client)
         return client
@@ -81,6 +84,14 @@ async def _close_clients(open_client: Any) -> Any:
 
 def faulty(store_settings: dict[str, Any], cls: type[FaultyStore] = FaultyStore) -> Any:
     return cls(build_store(Config(**store_settings)))
+
+
+def rejected_lines(wal_dir: str) -> list[dict[str, Any]]:
+    """What wal_dir/rejected/rejected.jsonl holds, one dict per set-aside append."""
+    path = Path(wal_dir) / "rejected" / "rejected.jsonl"
+    if not path.exists():
+        return []
+    return [msgspec.json.decode(line) for line in path.read_bytes().splitlines()]
 
 
 async def stored(open_client: Any, session_id: str) -> tuple[list[str], int | None]:
@@ -292,6 +303,7 @@ async def test_a_buffered_append_below_a_deleted_incarnation_is_never_cut_in_two
     flusher dropped the turns under it and wrote the rest: half an append. A known limit
     drops such an append (docs/guarantees.md); never a part of it. Eight pairs of fresh
     clients: the chance that no pair's ids straddle the floor is 1/256."""
+    set_aside = 0
     for i in range(8):
         sid = f"s-cut-{i}"
         writer = await open_client()  # each pair of node ids orders at random
@@ -302,6 +314,13 @@ async def test_a_buffered_append_below_a_deleted_incarnation_is_never_cut_in_two
         await mem.flush(timeout=30)
         contents, _ = await stored(open_client, sid)
         assert contents in ([], [f"q{i}", f"a{i}"]), (i, contents)
+        if not contents:  # set aside whole, and kept (guarantee 11)
+            set_aside += 1
+            assert mem.health().wal_rejected_turns == 2
+            kept = rejected_lines(str(tmp_path / f"wal-{i}"))
+            assert [line["reason"] for line in kept] == ["ordered_before_delete"]
+            assert [t["content"] for t in kept[0]["record"]["turns"]] == [f"q{i}", f"a{i}"]
+    assert set_aside < 8  # ids above the floor land
 
 
 async def test_buffered_append_checks_the_owner_of_pending_and_stored_sessions(
@@ -362,7 +381,8 @@ async def test_a_deployment_error_keeps_records_pending_and_a_permanent_one_sets
     gated.gate.set()
     await writer.flush(timeout=30)  # done with it: the record is set aside, not retried
     assert writer.health().wal_rejected_records == 1
-    assert (Path(wal_dir + "-2") / "rejected" / "rejected.jsonl").stat().st_size > 0
+    assert writer.health().wal_rejected_turns == 2
+    assert [line["reason"] for line in rejected_lines(wal_dir + "-2")] == ["ownership"]
     assert await stored(open_client, "taken") == (["q2", "a2"], 2)
 
 
@@ -420,3 +440,181 @@ async def test_appends_flushed_during_a_read_are_still_read_back(
     ctx = await read
     assert [t.content for t in ctx.turns] == ["q0", "a0", "q1", "a1"]
     assert ctx.meta is not None and ctx.meta.turn_count == 4
+
+
+# ------------------------------------------------- issue 13: regressions, each failed before
+
+
+class Choreographed(FaultyStore):
+    """Lets a test place a commit between a read's Query and its GetItem of META.
+
+    Commits wait for `commit_gate`. Inside a task that set HELD (a read the test drives),
+    a Query sets `queried` when it returns, and a GetItem of META waits for `release`
+    before it reads: whatever commits meanwhile is in the META the read gets.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.commit_gate = asyncio.Event()
+        self.commit_gate.set()
+        self.queried = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def commit(self, write: SessionWrite) -> CommitOutcome:
+        await self.commit_gate.wait()
+        return await super().commit(write)
+
+    async def query_turns(self, session_id: str, **kwargs: Any) -> Any:
+        result = await super().query_turns(session_id, **kwargs)
+        if HELD.get():
+            self.queried.set()
+        return result
+
+    async def get_meta(self, session_id: str, *, consistent: bool) -> Any:
+        if HELD.get():
+            await self.release.wait()
+        return await super().get_meta(session_id, consistent=consistent)
+
+
+HELD: contextvars.ContextVar[bool] = contextvars.ContextVar("HELD", default=False)
+
+
+async def held(coro: Any) -> Any:
+    HELD.set(True)  # this task's context only
+    return await coro
+
+
+async def late_turn_setup(open_client: Any, store_settings: dict[str, Any], wal_dir: str) -> Any:
+    """A session of two turns, and a buffered turn of a writer whose clock is 10 s behind,
+    gated: once flushed it sorts below the newest turn (a late commit)."""
+    ahead = FakeClock()
+    ahead.advance(10)
+    writer = await open_client(clock_=ahead)
+    await writer.append_turns("s1", pair(0))
+    behind_store = faulty(store_settings, Choreographed)
+    behind_store.commit_gate.clear()
+    behind = await open_client(store=behind_store, wal_dir=wal_dir)  # the fixture clock: behind
+    receipt = await behind.append_turns("s1", [Turn(role="user", content="late")])
+    return behind, behind_store, receipt
+
+
+async def test_a_read_torn_by_a_late_commit_is_never_served_nor_cached(
+    open_client: Any, store_settings: dict[str, Any], wal_dir: str
+) -> None:
+    """Defect 4: the flush lands between the reader's Query and its GetItem; META counts
+    the late turn, the page lacks it. The old client served [q0, a0] with turn_count 3
+    and kept serving it from L1 on every validated read after."""
+    behind, behind_store, receipt = await late_turn_setup(open_client, store_settings, wal_dir)
+    reader_store = faulty(store_settings, Choreographed)
+    reader = await open_client(store=reader_store)
+    read = asyncio.ensure_future(held(reader.load_context("s1")))
+    await reader_store.queried.wait()
+    behind_store.commit_gate.set()
+    await behind.flush(timeout=30)
+    reader_store.release.set()
+    for ctx in (await read, await reader.load_context("s1"), await reader.load_context("s1")):
+        assert [t.content for t in ctx.turns] == ["late", "q0", "a0"], ctx.source
+        assert ctx.turns[0].turn_id == receipt.turn_ids[0]
+        assert ctx.meta is not None and ctx.meta.turn_count == 3
+
+
+async def test_a_late_flush_during_its_writers_own_read_is_counted_once(
+    open_client: Any, store_settings: dict[str, Any], wal_dir: str
+) -> None:
+    """Defect 4, the overlay side: the writer reads while its own late flush lands between
+    the two reads; the old overlay added the turn META already counted (turn_count 4)."""
+    behind, behind_store, _ = await late_turn_setup(open_client, store_settings, wal_dir)
+    read = asyncio.ensure_future(held(behind.load_context("s1")))
+    await behind_store.queried.wait()
+    behind_store.commit_gate.set()
+    await behind.flush(timeout=30)
+    behind_store.release.set()
+    for ctx in (await read, await behind.load_context("s1")):
+        assert [t.content for t in ctx.turns] == ["late", "q0", "a0"], ctx.source
+        assert ctx.meta is not None and ctx.meta.turn_count == 3
+
+
+async def test_an_append_ordered_before_a_delete_is_kept_counted_and_logged(
+    open_client: Any, store_settings: dict[str, Any], wal_dir: str, caplog: Any
+) -> None:
+    """Defect 5: a buffered append whose ids sort below another process's delete was
+    dropped at flush with nothing kept; flush() returned normally."""
+    caplog.set_level(logging.WARNING, logger="memsdk")
+    ahead = FakeClock()
+    ahead.advance(10)
+    deleter = await open_client(clock_=ahead)
+    await deleter.append_turns("s1", pair(0))
+    mem = await open_client(wal_dir=wal_dir)  # its clock is 10 s behind the deleter's
+    await mem.load_context("s1")  # a hint from before the delete
+    await deleter.append_turns("s1", pair(1))
+    await deleter.delete_session("s1")
+    receipt = await mem.append_turns("s1", pair(2))
+    await mem.flush(timeout=30)  # never silent, but not an error: the order is legitimate
+    assert await stored(open_client, "s1") == ([], None)
+    health = mem.health()
+    assert (health.wal_rejected_records, health.wal_rejected_turns) == (1, 2)
+    assert health.wal_pending_records == 0
+    [line] = rejected_lines(wal_dir)
+    assert line["reason"] == "ordered_before_delete"
+    assert [t["turn_id"] for t in line["record"]["turns"]] == receipt.turn_ids
+    logged = [r for r in caplog.records if "rejected/" in r.getMessage()]
+    assert len(logged) == 1 and "q2" not in logged[0].getMessage()  # no content in logs
+    # Once it has seen the delete, the same client's appends start the new incarnation.
+    await mem.load_context("s1")
+    await mem.append_turns("s1", pair(3))
+    await mem.flush(timeout=30)
+    assert await stored(open_client, "s1") == (["q3", "a3"], 2)
+
+
+async def test_an_owner_claimed_during_an_outage_never_locks_the_owner_out(
+    open_client: Any, store_settings: dict[str, Any], wal_dir: str
+) -> None:
+    """Defect 8: with the store down, a wrong customer_id on a session this process had
+    never seen was acknowledged, then refused the real owner's appends and reads."""
+    owner = await open_client()
+    await owner.append_turns("s1", pair(0), customer_id="Y")
+    store = faulty(store_settings)
+    store.down = True
+    mem = await open_client(store=store, wal_dir=wal_dir)
+    await mem.append_turns("s1", pair(1), customer_id="X")  # unverifiable: accepted
+    await mem.append_turns("s1", pair(2), customer_id="Y")
+    ctx = await mem.load_context("s1", customer_id="Y")
+    assert ctx.degraded
+    assert [t.content for t in ctx.turns] == ["q2", "a2"]  # never X's turns
+    assert ctx.meta is not None and ctx.meta.customer_id is None
+    store.down = False
+    await mem.flush(timeout=30)
+    assert await stored(open_client, "s1") == (["q0", "a0", "q2", "a2"], 4)
+    assert [line["reason"] for line in rejected_lines(wal_dir)] == ["ownership"]
+    assert mem.health().wal_rejected_turns == 2
+    # A verified owner still locks others out, buffered or not.
+    with pytest.raises(SessionOwnershipError):
+        await mem.append_turns("s1", pair(3), customer_id="X")
+
+
+async def test_an_append_overtaken_by_close_raises_client_closed_error(
+    open_client: Any, store_settings: dict[str, Any], wal_dir: str
+) -> None:
+    """Defect 3: an append waiting for WAL space when aclose() closed the log raised
+    memsdk.wal.log.WalClosedError, which is not a MemsdkError."""
+    store = faulty(store_settings)
+    store.down = True
+    mem = await open_client(
+        store=store,
+        wal_dir=wal_dir,
+        wal_max_bytes=16 * 1024,
+        wal_segment_bytes=4 * 1024,
+        write_timeout=30.0,
+        wal_close_timeout=0.2,
+    )
+    for i in range(100):
+        waiting = asyncio.ensure_future(mem.append_turns("s1", pair(i, size=300)))
+        done, _ = await asyncio.wait([waiting], timeout=0.5)
+        if not done:
+            break  # the log is full: this append waits for space
+        waiting.result()
+    else:
+        raise AssertionError("the log never filled")
+    await mem.aclose()
+    with pytest.raises(ClientClosedError):
+        await waiting

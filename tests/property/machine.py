@@ -15,8 +15,10 @@ import asyncio
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+import msgspec
 from hypothesis import event, note
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -26,8 +28,6 @@ from memsdk.errors import StoreUnavailableError
 from tests.property.harness import LAST_N, TTL_S, Env, SimulatedDisk, abandon
 from tests.property.model import MTurn, Op, SessionModel, World, window
 
-# Set to False to let the machine find the known bugs it guards against (see `restart`).
-KNOWN_BUG_GUARDS = True
 SLOTS = 3
 SESSIONS = 3
 FLUSH_TIMEOUT_S = 30.0
@@ -37,13 +37,11 @@ RECENT_OUTAGE_S = 4.0
 CALL_DEADLINE_S = 60.0
 # Content suffixes: multi-byte UTF-8 in every append (the fuzz tests go much further).
 SUFFIXES = ["", " é", " 日本語", " 🎉", " \u200b", " a\nb"]
-# An append never starts with a tool turn, so no session does: a window that starts at a
-# tool turn moves back (guarantee 9) and the model never needs the "tool turns with nothing
-# before them are dropped" case, which would hide turns from the maybe-applied check.
-ROLE_LISTS = st.tuples(
-    st.sampled_from(["user", "assistant"]),
-    st.lists(st.sampled_from(["user", "assistant", "tool", "tool"]), max_size=2),
-).map(lambda t: [t[0], *t[1]])
+# Tool turns anywhere, first included: a window that starts at a tool turn moves back to
+# its caller, or to the session's first turn (guarantee 9 never drops one).
+ROLE_LISTS = st.lists(
+    st.sampled_from(["user", "assistant", "tool", "tool"]), min_size=1, max_size=3
+)
 
 slots = st.integers(0, SLOTS - 1)
 sessions = st.integers(0, SESSIONS - 1)
@@ -84,7 +82,7 @@ class MemoryMachine(RuleBasedStateMachine):
         started = time.monotonic()
         try:
             # A call that hangs is a failure to report, not a CI run that never ends.
-            return self.env.run(asyncio.wait_for(coro, CALL_DEADLINE_S))
+            return self.env.run(_within(coro, CALL_DEADLINE_S))
         finally:
             self.last_call_s = time.monotonic() - started
 
@@ -101,18 +99,50 @@ class MemoryMachine(RuleBasedStateMachine):
         return self.outage is None
 
     def full_read(self, sid: str) -> Context:
-        """The verifier's read of the whole session, straight from the store."""
+        """The verifier's read of the whole session, straight from the store: never torn
+        (its count agrees with the turns it shows), whatever flushes meanwhile."""
         assert self.verifier is not None
-        for _ in range(5):
-            ctx = self.run(self.verifier.load_context(sid, last_n=10_000))
-            assert not ctx.degraded, "the verifier reads the store directly: never degraded"
-            # Known issue (docs/guarantees.md): a flush landing between the Query and the
-            # GetItem with turns below the newest id tears even a strong read. The whole
-            # session was read, so a count that disagrees shows it: read again.
-            if ctx.meta is None or ctx.meta.turn_count == len(ctx.turns):
-                break
-            event("verifier: torn read, read again")
+        ctx = self.run(self.verifier.load_context(sid, last_n=10_000))
+        assert not ctx.degraded, "the verifier reads the store directly: never degraded"
+        assert ctx.meta is None or ctx.meta.turn_count == len(ctx.turns), (
+            f"a torn read: META counts {ctx.meta.turn_count}, the read shows {len(ctx.turns)}"
+        )
         return ctx
+
+    def rejected_ids(self, slot: int) -> set[str]:
+        """Turn ids the slot's WAL set aside in rejected/ (guarantee 11)."""
+        path = Path(f"{self.ex.root}/wal-{slot}/rejected/rejected.jsonl")
+        if not path.exists():
+            return set()
+        ids = set()
+        for line in path.read_bytes().splitlines():
+            record = msgspec.json.decode(line)["record"]
+            ids.update(t["turn_id"] for t in record["turns"])
+        return ids
+
+    def settle_orphans(self, slot: int) -> None:
+        """The slot's flush returned: each of its appends concurrent with a delete is now
+        in the store whole (ordered after the delete) or set aside whole in its rejected/
+        folder (ordered before it): never lost without a trace, never half."""
+        for sid, model in self.model.items():
+            orphans = model.orphans_of(slot)
+            if not orphans:
+                continue
+            stored = {t.turn_id for t in self.full_read(sid).turns}
+            kept = self.rejected_ids(slot)
+            for op in orphans:
+                ids = [t.turn_id for t in op.turns]
+                landed = [i in stored for i in ids]
+                assert all(landed) or not any(landed), "an append landed in part"
+                if not all(landed):
+                    assert all(i in kept for i in ids), (
+                        "an append ordered before a delete is not in rejected/ (guarantee 11)"
+                    )
+                    event("append ordered before a delete: set aside in rejected/")
+                else:
+                    event("append concurrent with a delete: landed after it")
+                op.decided = all(landed)
+                op.status = "durable" if op.decided else "maybe"
 
     def resolve_maybe(self, sid: str, op: Op) -> None:
         """An append or META update that may have landed: ask the store, and check it landed
@@ -147,9 +177,7 @@ class MemoryMachine(RuleBasedStateMachine):
             model.ever[t.turn_id] = t
         event(f"maybe-applied {op.kind}: {'landed' if landed else 'not applied'}")
 
-    def check_answer(
-        self, slot: int, sid: str, ctx: Context, n: int, breaker: str, retry: bool = False
-    ) -> None:
+    def check_answer(self, slot: int, sid: str, ctx: Context, n: int, breaker: str) -> None:
         """Check one client's load_context answer against the model."""
         model = self.model[sid]
         now = self.now_s
@@ -191,27 +219,15 @@ class MemoryMachine(RuleBasedStateMachine):
             worlds.append(world)
             if _matches(world, ctx, n, now):
                 matching.append(choice)
-        if not matching and retry:
-            raise _Torn
         assert matching, _mismatch(ctx, worlds, n, now)
         model.narrow(matching, slot)
 
     def load_and_check(self, slot: int, sid: str, last_n: int | None) -> None:
-        """Load through a client and check the answer; a mismatch is read once more.
-
-        Known issue (docs/guarantees.md): a flush that commits turns below the newest id
-        between a read's Query and its GetItem tears the answer. One re-read tells that
-        race from a wrong answer; the second answer is checked strictly.
-        """
-        client = self.clients[slot]
-        for retry in (KNOWN_BUG_GUARDS, False):
-            breaker = self.breaker(slot)
-            ctx = self.run(client.load_context(sid, last_n=last_n))
-            try:
-                self.check_answer(slot, sid, ctx, last_n or LAST_N, breaker, retry=retry)
-                return
-            except _Torn:
-                event("torn read, read again")
+        """Load through a client and check the answer, once (no re-read: a torn answer is
+        a failure)."""
+        breaker = self.breaker(slot)
+        ctx = self.run(self.clients[slot].load_context(sid, last_n=last_n))
+        self.check_answer(slot, sid, ctx, last_n or LAST_N, breaker)
 
     def _check_contains(self, ctx: Context, turns: list[MTurn], what: str) -> None:
         shown = {t.turn_id for t in ctx.turns}
@@ -219,11 +235,9 @@ class MemoryMachine(RuleBasedStateMachine):
         if turns:
             assert ctx.meta is not None, f"absent, but it holds {what}"
         for t in turns:
-            assert (
-                t.turn_id in shown
-                or (oldest is not None and t.turn_id < oldest)
-                or t.role == "tool"
-            ), f"missing {what}: {t.content!r}"
+            assert t.turn_id in shown or (oldest is not None and t.turn_id < oldest), (
+                f"missing {what}: {t.content!r}"
+            )
 
     def _check_sticky(self, slot: int, model: SessionModel, ctx: Context) -> None:
         """Sticky may lag behind other writers, never behind this client's own writes."""
@@ -260,11 +274,15 @@ class MemoryMachine(RuleBasedStateMachine):
         return turns
 
     def flush_all(self) -> None:
-        for slot, client in self.clients.items():
+        for slot in self.clients:
             if self.wal(slot):
-                self.run(client.flush(timeout=FLUSH_TIMEOUT_S))
-                for model in self.model.values():
-                    model.flushed(slot)
+                self.flush_slot(slot)
+
+    def flush_slot(self, slot: int) -> None:
+        self.run(self.clients[slot].flush(timeout=FLUSH_TIMEOUT_S))
+        for model in self.model.values():
+            model.flushed(slot)
+        self.settle_orphans(slot)
 
     # ------------------------------------------------------------------ rules
 
@@ -322,17 +340,16 @@ class MemoryMachine(RuleBasedStateMachine):
         self.seen[key] = max(self.seen.get(key, ""), ids[-1])
         status = "pending" if self.wal(slot) else "durable"
         op = Op("append", slot, status, self.now_s, turns=_mturns(turns, ids), wal=self.wal(slot))
-        if self.wal(slot) and KNOWN_BUG_GUARDS and model.below_a_deleted_incarnation(ids[0]):
-            # Known bug (docs/guarantees.md): this client's cached META predates another
-            # client's delete, its ids (same millisecond here) sort below the deleted
-            # incarnation's newest turn, and its flusher drops them as if acknowledged
-            # before the delete. The model lets them land or not.
+        if self.wal(slot) and model.below_a_deleted_incarnation(ids[0]):
+            # This client's cached META predates another client's delete, and its ids (the
+            # same millisecond here) sort below the deleted incarnation's newest turn: the
+            # append is concurrent with the delete, and the flusher orders it before it
+            # (rejected/, checked by settle_orphans) or, above the floor, after it.
             op = replace(op, status="maybe", decided=None, orphaned=True)
         model.add(op)
         if lose and self.wal(slot):
             # The flusher's commit lands and loses its reply; it retries idempotently.
-            self.run(client.flush(timeout=FLUSH_TIMEOUT_S))
-            model.flushed(slot)
+            self.flush_slot(slot)
 
     @rule(slot=slots, s=sessions, last_n=st.sampled_from([None, 1, 3, 12]))
     def load(self, slot: int, s: int, last_n: int | None) -> None:
@@ -425,17 +442,15 @@ class MemoryMachine(RuleBasedStateMachine):
                 landed = any(_matches(w, ctx, 10_000, self.now_s) for w, _ in model.worlds(None))
                 model.ops.remove(trial)
                 if landed:
-                    model.deleted(slot, self.now_s, orphans_may_land=KNOWN_BUG_GUARDS)
+                    model.deleted(slot, self.now_s)
                 event(f"maybe-applied delete: {'landed' if landed else 'not applied'}")
             return
-        model.deleted(slot, self.now_s, orphans_may_land=KNOWN_BUG_GUARDS)
+        model.deleted(slot, self.now_s)
 
     @precondition(lambda self: self.store_up())
     @rule(slot=slots)
     def flush(self, slot: int) -> None:
-        self.run(self.clients[slot].flush(timeout=FLUSH_TIMEOUT_S))
-        for model in self.model.values():
-            model.flushed(slot)
+        self.flush_slot(slot)
 
     @rule(slot=slots, crash=st.booleans(), keep=st.sampled_from([0.0, 0.5, 1.0]))
     def restart(self, slot: int, crash: bool, keep: float) -> None:
@@ -563,8 +578,9 @@ class MemoryMachine(RuleBasedStateMachine):
             self.ex.cleanup()
 
 
-class _Torn(Exception):
-    """An answer matched no world and may be re-read once (see load_and_check)."""
+async def _within(coro: Any, seconds: float) -> Any:
+    async with asyncio.timeout(seconds):
+        return await coro
 
 
 def _mturns(turns: list[Turn], ids: list[str] | None) -> tuple[MTurn, ...]:

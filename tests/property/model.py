@@ -7,8 +7,8 @@ deletes), each with what the caller knows of its fate:
 - `pending`: acknowledged into one client's write-ahead log, not known to be flushed;
 - `maybe`: the call raised StoreUnavailableError(maybe_applied=True): in the store exactly
   once, or not at all;
-- `orphan`: pending in another client's WAL when the session was deleted (documented:
-  never written into a later incarnation).
+- `orphan`: pending in another client's WAL when the session was deleted (concurrent with
+  the delete, so ordered before it or after it: see `deleted`).
 
 What the store may hold is then a set of *worlds*: every maybe in or out, and for each
 client some prefix of its pending appends flushed (a client's flusher writes a session's
@@ -75,14 +75,12 @@ class World:
 
 def window(newest_first: Sequence[MTurn], last_n: int) -> list[MTurn]:
     """Guarantee 9, from its documentation: the newest last_n turns, oldest first; a window
-    never starts with a tool turn, its start moves back to the turn before; tool turns with
-    nothing before them are dropped."""
+    never starts with a tool turn, its start moves back to the turn before, down to the
+    session's first turn (tool turns with nothing before them are returned, never dropped)."""
     turns = list(reversed(newest_first))  # oldest first
     start = max(0, len(turns) - last_n)
     while start > 0 and turns[start].role == "tool":
         start -= 1
-    while start < len(turns) and turns[start].role == "tool":
-        start += 1
     return turns[start:]
 
 
@@ -120,29 +118,36 @@ class SessionModel:
         for op in self.pending_of(slot):
             op.status = "durable"
 
-    def deleted(self, slot: int, time_s: int, *, orphans_may_land: bool) -> None:
+    def deleted(self, slot: int, time_s: int) -> None:
         """A delete by `slot`: it drained its own pending first; others' become orphans.
 
-        Documented: an orphan is never written into a later incarnation. Known bug (see
-        docs/guarantees.md): it may be, when its id sorts above the deleted incarnation.
-        With `orphans_may_land` the model allows that: each orphan is a maybe after the
-        delete (its owner's overlay may show it until its flusher has dealt with it).
+        An orphan was acknowledged by a process that had not seen the delete: concurrent
+        with it, so it is ordered after the delete (written into the next incarnation)
+        or before it (set aside, whole, in its client's rejected/ folder; guarantee 11).
+        Each orphan is a maybe placed after the delete (its owner's overlay may show it
+        until its flusher has dealt with it); `settle_orphans` decides it once flushed.
         """
         self.flushed(slot)
         orphans = [op for op in self.ops if op.status == "pending"]
-        for op in orphans:
-            op.status = "orphan"
         self.add(Op("delete", slot, "durable", time_s))
-        if orphans_may_land:
-            for op in orphans:
-                self.ops.remove(op)
-                self.add(replace(op, status="maybe", decided=None, orphaned=True))
+        for op in orphans:
+            self.ops.remove(op)
+            self.add(replace(op, status="maybe", decided=None, orphaned=True))
+
+    def orphans_of(self, slot: int) -> list[Op]:
+        """The slot's appends whose order against a delete is not settled yet."""
+        return [
+            op
+            for op in self.ops
+            if op.orphaned and op.slot == slot and op.status == "maybe" and op.decided is None
+        ]
 
     def below_a_deleted_incarnation(self, turn_id: str) -> bool:
         """Whether `turn_id` may sort at or below the newest turn written before the
-        session's last delete: the deleted incarnation's floor, under which a flusher drops
-        buffered turns (known limit, docs/guarantees.md). True when unsure (a maybe write
-        before the delete whose ids are unknown)."""
+        session's last delete: the deleted incarnation's floor. A buffered append there was
+        fixed by a process that had not seen the delete: the flusher orders it before the
+        delete and sets it aside (guarantee 11). True when unsure (a maybe write before the
+        delete whose ids are unknown)."""
         deletes = [i for i, op in enumerate(self.ops) if op.kind == "delete"]
         if not deletes:
             return False

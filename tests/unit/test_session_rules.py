@@ -49,8 +49,11 @@ def newest_first(roles: str) -> list[TurnRecord]:
         ("uatta", 3, True, 4),
         ("ua", 5, False, None),  # short page, more may exist
         ("ua", 5, True, 2),
-        ("tta", 5, True, 1),  # tool results with no caller anywhere: dropped
-        ("tt", 5, True, 0),
+        # Tool results with no caller anywhere: the window starts at the session's first
+        # turn, never drops an acknowledged one.
+        ("tta", 5, True, 3),
+        ("tta", 2, True, 3),
+        ("tt", 5, True, 2),
         ("", 5, True, 0),
     ],
 )
@@ -58,14 +61,14 @@ def test_select_window(roles: str, last_n: int, exhausted: bool, expected: int |
     assert select_window(newest_first(roles), last_n, exhausted) == expected
 
 
-def test_window_never_starts_with_tool() -> None:
-    for roles in ("uattatau", "atttttu", "uuuut", "tuuuu"):
+def test_window_never_starts_with_tool_unless_the_session_does() -> None:
+    for roles in ("uattatau", "atttttu", "uuuut", "tuuuu", "ttau", "t"):
         turns = newest_first(roles)
         for n in range(1, len(roles) + 1):
             count = select_window(turns, n, True)
-            assert count is not None
-            if count:
-                assert turns[count - 1].role != "tool"
+            assert count is not None and count >= min(n, len(roles))
+            if turns[count - 1].role == "tool":
+                assert count == len(roles), "a tool turn starts a window that could move back"
 
 
 def test_validate_session_id_does_not_echo_bad_input() -> None:
@@ -137,6 +140,7 @@ def test_buffered_append_joins_an_incarnation_started_after_it_was_acknowledged(
         ttl_seconds=86_400,
     )
     assert dropped == [] and write is not None
+    assert write.meta.late_turns, "every turn sorts below the newest: readers must re-read"
     assert write.expected_version == created.meta.version
     assert write.meta.turn_count == 3
     assert write.meta.last_turn_id == created.turns[0].turn_id  # B's turn is still the newest
@@ -180,7 +184,7 @@ def test_buffered_append_drops_turns_of_a_deleted_incarnation() -> None:
         now_ms=t0 + 30,
         ttl_seconds=86_400,
     )
-    assert write is None and dropped == stale
+    assert write is None and dropped == [0]
     # A turn buffered after the delete starts a new incarnation above the old high water.
     fresh = _buffered([f"{t0 + 25:013d}0000bbbbbbbb"])
     write, dropped = plan_buffered_append(
@@ -192,6 +196,7 @@ def test_buffered_append_drops_turns_of_a_deleted_incarnation() -> None:
         ttl_seconds=86_400,
     )
     assert write is not None and dropped == []
+    assert not write.meta.late_turns
     assert write.expected_version == tombstone.version
     assert write.meta.floor_turn_id == high_water(tombstone)
     assert (write.meta.turn_count, write.meta.last_turn_id) == (1, fresh[0].turn_id)
@@ -206,7 +211,7 @@ def test_buffered_append_drops_turns_of_a_deleted_incarnation() -> None:
         now_ms=t0 + 30,
         ttl_seconds=86_400,
     )
-    assert dropped == straddling
+    assert dropped == [0]
     assert write is not None and write.turns == fresh and write.meta.turn_count == 1
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import msgspec
 import pytest
 
@@ -9,6 +11,7 @@ from memsdk.models import Context, Meta, Turn
 from memsdk.store.base import TurnRecord
 from memsdk.write_buffer import (
     BufferedAppend,
+    OverlayUncertain,
     batch_fits,
     buffered_append,
     decode_append,
@@ -37,7 +40,8 @@ def record(n: int, role: str = "user") -> TurnRecord:
 
 def entry(lsn: int, *ns: int) -> BufferedAppend:
     turns = [record(n) for n in ns]
-    return buffered_append(lsn, "s", "C", turns, encode_append("s", "C", turns), T0)
+    payload = encode_append("s", "C", turns)
+    return buffered_append(lsn, "s", "C", turns, payload, T0, owner_verified=True)
 
 
 def public(n: int) -> Turn:
@@ -64,29 +68,73 @@ def contents(ctx: Context) -> list[str]:
 
 
 def test_appends_committed_while_the_read_was_in_flight_still_show() -> None:
-    # The read began before either commit and saw nothing; both committed before it ended.
+    # The read began before either commit and saw nothing; both committed after its META.
     absent = Context(session_id="s", meta=None, turns=[], summary=None)
-    ctx = overlay(absent, [entry(1, 1, 2), entry(2, 3, 4)], set(), 20, 60)
+    first, second = entry(1, 1, 2), entry(2, 3, 4)
+    first.committed_version, second.committed_version = 5, 6
+    ctx = overlay(absent, [first, second], None, 20, 60)
     assert contents(ctx) == ["c1", "c2", "c3", "c4"]
     assert ctx.meta is not None and ctx.meta.turn_count == 4 and ctx.meta.customer_id == "C"
     assert ctx.meta.last_turn_id == tid(4) and ctx.source == "store+wal"
 
 
 def test_turns_the_read_returned_are_not_counted_twice() -> None:
-    ctx = overlay(stored(2, 1, 2), [entry(1, 1, 2), entry(2, 3, 4)], {2}, 20, 60)
+    first = entry(1, 1, 2)
+    first.committed_version = 5
+    ctx = overlay(stored(2, 1, 2), [first, entry(2, 3, 4)], 5, 20, 60)
     assert contents(ctx) == ["c1", "c2", "c3", "c4"]
     assert ctx.meta is not None and ctx.meta.turn_count == 4
 
 
-def test_pending_turns_older_than_a_full_window_count_only_while_pending() -> None:
+def test_an_unverified_owner_is_never_the_overlay_owner() -> None:
+    absent = Context(session_id="s", meta=None, turns=[], summary=None)
+    claimed = entry(1, 1)
+    claimed.owner_verified = False
+    ctx = overlay(absent, [claimed], None, 20, 60)
+    assert ctx.meta is not None and ctx.meta.customer_id is None
+
+
+def test_pending_turns_below_a_full_window_are_counted_once() -> None:
     # Another writer committed 3 and 4 (newer ids); our 1 is older than the 2-turn window.
     ours = entry(7, 1)
-    still = overlay(stored(10, 3, 4), [ours], {7}, 2, 60)
+    still = overlay(stored(10, 3, 4), [ours], 9, 2, 60)
     assert contents(still) == ["c3", "c4"] and still.meta is not None
     assert still.meta.turn_count == 11
-    # Committed during the read: the store's count may already hold it; never add it twice.
-    done = overlay(stored(10, 3, 4), [ours], set(), 2, 60)
+    # Committed at or below the version the read's META has: already counted.
+    ours.committed_version = 9
+    done = overlay(stored(10, 3, 4), [ours], 9, 2, 60)
     assert done.meta is not None and done.meta.turn_count == 10
+    # Committed after that META was read: not in its count yet.
+    ours.committed_version = 10
+    later = overlay(stored(10, 3, 4), [ours], 9, 2, 60)
+    assert later.meta is not None and later.meta.turn_count == 11
+
+
+@pytest.mark.parametrize("state", ["in_flight", "maybe_landed"])
+def test_a_commit_of_unknown_outcome_below_the_window_cannot_be_counted(state: str) -> None:
+    ours = entry(7, 1)
+    setattr(ours, state, True)
+    with pytest.raises(OverlayUncertain):
+        overlay(stored(10, 3, 4), [ours], 9, 2, 60)
+    assumed = overlay(stored(10, 3, 4), [ours], 9, 2, 60, uncertain_included=True)
+    assert assumed.meta is not None and assumed.meta.turn_count == 10
+    # A later append of ours that the answer shows was flushed after it: it is in META.
+    shown = entry(8, 4)
+    after = overlay(stored(10, 3, 4), [ours, shown], 9, 2, 60)
+    assert after.meta is not None and after.meta.turn_count == 10
+    # In the window's range the answer itself tells: not shown, so not in META.
+    window_ours = entry(9, 5)
+    setattr(window_ours, state, True)
+    newer = overlay(stored(10, 3, 4), [window_ours], 9, 2, 60)
+    assert contents(newer) == ["c4", "c5"]
+    assert newer.meta is not None and newer.meta.turn_count == 11
+
+
+def test_appends_set_aside_are_never_shown_nor_counted() -> None:
+    gone = entry(3, 5)
+    gone.set_aside = True
+    ctx = overlay(stored(2, 1, 2), [gone], 4, 20, 60)
+    assert contents(ctx) == ["c1", "c2"] and ctx.meta is not None and ctx.meta.turn_count == 2
 
 
 def test_overlay_keeps_the_window_and_its_tool_rule() -> None:
@@ -94,7 +142,7 @@ def test_overlay_keeps_the_window_and_its_tool_rule() -> None:
     call = TurnRecord(**{**msgspec.structs.asdict(record(2)), "role": "assistant"})
     turns = [call, tool, record(4)]
     pending = buffered_append(1, "s", None, turns, encode_append("s", None, turns), T0)
-    ctx = overlay(stored(1, 1), [pending], {1}, 2, 60)
+    ctx = overlay(stored(1, 1), [pending], 3, 2, 60)
     # The newest two would start with the tool result: the window moves back to its call.
     assert [t.role for t in ctx.turns] == ["assistant", "tool", "user"]
     assert ctx.meta is not None and ctx.meta.turn_count == 4
@@ -103,7 +151,8 @@ def test_overlay_keeps_the_window_and_its_tool_rule() -> None:
 def test_codec_round_trip_and_refusals() -> None:
     e = entry(5, 1, 2)
     back = decode_append(5, e.payload, T0)
-    assert back == e and back.turns() == [record(1), record(2)]
+    assert back.turns() == [record(1), record(2)]
+    assert dataclasses.asdict(back) == {**dataclasses.asdict(e), "owner_verified": False}
     assert (back.first_turn_id, back.last_turn_id, back.turn_count) == (tid(1), tid(2), 2)
     with pytest.raises(msgspec.DecodeError):
         decode_append(1, b'{"type":"append","session_id":"s","customer_id":null,"turns":[]}', 0)
@@ -118,3 +167,11 @@ def test_batches_stop_at_the_transaction_limits() -> None:
     # flusher always takes a batch's first entry whole (an append is never split).
     assert not batch_fits(big[:1], big[1], max_turns=25)
     assert batch_fits(big[:1], big[1], max_turns=99)
+
+
+def test_a_batch_holds_one_customer_id() -> None:
+    mine = entry(1, 1)
+    turns = [record(2)]
+    theirs = buffered_append(2, "s", "D", turns, encode_append("s", "D", turns), T0)
+    assert not batch_fits([mine], theirs)
+    assert batch_fits([mine], entry(3, 3))
