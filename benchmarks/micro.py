@@ -336,7 +336,7 @@ def _id_figure(turns: list[TurnRecord]) -> Figure:
         (Op("uuid.uuid4().hex x2", uuid4_pair), Op("epoch ms (the seed's ids)", epoch_ms_pair)),
         "memsdk's ids are sortable and monotonic per session (after= the session's newest "
         "id); uuid4 is unique but unordered; the seed's epoch-ms ids collide within a "
-        "millisecond (DESIGN.md section 2): the floor, not an alternative",
+        "millisecond (architecture.md, turn ids): the floor, not an alternative",
     )
 
 

@@ -1,6 +1,6 @@
 """The WAL benchmarks: buffered appends (wal_dir) against synchronous ones, DynamoDB Local.
 
-What a write-ahead log buys on the write path (DESIGN.md section 4): an append returns once
+What a write-ahead log buys on the write path (docs/durability.md): an append returns once
 its record is fsync'd locally (group commit: concurrent appends share one fsync), and a
 background flusher writes to the store. Two candidates, each a `MemoryClient` on its own
 table (same name length) of the caller's DynamoDB Local:

@@ -1062,7 +1062,7 @@ class MemoryClient:
                 maybe_applied=True,
             ) from exc
 
-    async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - public API (DESIGN §6)
+    async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - the public API's name
         """Wait until every append acknowledged before this call is in the store.
 
         Without a WAL nothing is buffered and this returns at once. With `timeout`, raises

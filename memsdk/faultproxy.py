@@ -13,12 +13,12 @@ body (1xx interim replies are not supported: DynamoDB never sends them).
 
 Modes (FaultMode): pass, http5xx, throttle, latency, reset, blackhole, down, and
 lost_reply (the request is forwarded and applied, then the connection is reset before the
-reply: a write whose outcome the client cannot know, FAULTS.md row 2). Outcomes
+reply: a write whose outcome the client cannot know). Outcomes
 (FaultCounts.by_outcome, one per request read, summing to requests_total): forwarded
 (sent on, after any delay), http5xx, throttle, reset, blackhole, lost_reply, rejected
 (chunked body).
 
-`capacity_per_s` models a table at its provisioned throughput (FAULTS.md row 17): a token
+`capacity_per_s` models a table at its provisioned throughput (a flash-sale surge): a token
 bucket of that many requests per second (burst: one second's worth); a request that finds
 it empty is throttled as DynamoDB would, whatever the mode says.
 """

@@ -1,7 +1,7 @@
 """A circuit breaker that opens on a failure rate or a slow-call rate over a sliding window.
 
 Why our own: on PyPI, aiobreaker is unmaintained since 2021, and purgatory and pybreaker
-count consecutive failures only. None offers what DESIGN.md section 5 asks for: a failure
+count consecutive failures only. None offers what memsdk needs: a failure
 rate over a sliding time window with a minimum number of calls, a slow-call rate, and a
 limited number of half-open probes. This module is small enough to own.
 

@@ -4,7 +4,8 @@ Modelled on Finagle's RetryBudget (also used by Linkerd): every first attempt de
 `ratio` tokens, every retry withdraws one, and both deposits and withdrawals expire after
 `window_s`. A reserve of `min_per_s * window_s` tokens lets a low-traffic client still retry.
 So over any window, retries <= ratio * calls + min_per_s * window_s: an outage can never
-multiply the load on a dependency by more than 1 + ratio (DESIGN.md section 5).
+multiply the load on a dependency by more than 1 + ratio (the original design's retry
+storm kept a database pegged for minutes).
 
 Like Finagle, the window is a ring of ten buckets of `window_s / 10`; a bucket ages out
 whole, so a deposit or withdrawal counts for between 0.9 and 1.0 `window_s`. We keep integer

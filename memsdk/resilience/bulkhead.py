@@ -2,7 +2,7 @@
 
 There is no timeout here on purpose: the caller wraps the whole call, wait included, in its
 own deadline (`async with asyncio.timeout(d): async with bulkhead.slot(): ...`), so time
-spent queueing counts against that deadline (DESIGN.md section 5). A freed slot is handed
+spent queueing counts against that deadline. A freed slot is handed
 straight to the oldest waiter, so a newcomer cannot overtake the queue.
 """
 

@@ -1,4 +1,4 @@
-"""The seed workload (DESIGN.md section 1) as a seeded model: who talks, when, and how much.
+"""The seed workload (docs/simulate.md) as a seeded model: who talks, when, and how much.
 
 Each of N slots holds one live session at a time. A session runs a conversation of 3-10
 messages (6-20 turns), in bursts of 1-5 messages at about 3 per second with a think time

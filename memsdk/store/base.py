@@ -1,6 +1,6 @@
 """The store protocol: five async methods and their error contract.
 
-A store keeps items of one logical table (DESIGN.md section 2):
+A store keeps items of one logical table (docs/architecture.md):
 
     PK = SESSION#<session_id>
     SK = META | TURN#<turn_id> | SUMMARY#<through_turn_id>

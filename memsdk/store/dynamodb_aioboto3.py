@@ -129,8 +129,8 @@ def _install_hooks(client: Any) -> None:
 def _client_config(
     *, max_pool_connections: int, connect_timeout: float, read_timeout: float, max_attempts: int
 ) -> BotoConfig:
-    # Every knob is explicit because botocore's defaults are wrong for a hot path
-    # (DESIGN.md section 5): the legacy retry mode makes up to 10 attempts with
+    # Every knob is explicit because botocore's defaults are wrong for a hot path:
+    # the legacy retry mode makes up to 10 attempts with
     # unjittered doubling (~25 s on one call), timeouts default to 60 s and the pool to 10
     # connections (p99 of 4-10 s at 64 concurrent calls). Standard mode adds jitter and a
     # retry quota; `total_max_attempts` is small because memsdk's own deadline wraps each

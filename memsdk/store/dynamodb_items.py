@@ -4,7 +4,7 @@ Requests are built as DynamoDB's low-level JSON shape ({"S": "..."}, {"N": "123"
 both the aioboto3 client and the lean JSON-protocol client send; replies are decoded into
 the typed Structs below. Pure: no I/O, no boto.
 
-Layout (single table, DESIGN.md section 2):
+Layout (single table, docs/architecture.md):
 
     META                 PK=SESSION#<sid>  SK=META
     TURN#<turn_id>       PK=SESSION#<sid>  SK=TURN#<turn_id>

@@ -1,9 +1,10 @@
 """The lean DynamoDB data path: msgspec JSON, botocore's SigV4 signer, aiohttp on one pool.
 
 aioboto3 spends ~1.1 ms of CPU per GetItem in botocore's generic serializer, parser and
-event hooks (DESIGN.md section 2b). This path speaks DynamoDB's JSON protocol directly and
-keeps from the AWS SDK only what must be exactly right: SigV4 (botocore's own signer) and
-credentials (aiobotocore's provider chain, which refreshes them before they expire).
+event hooks (measured against a server that answers instantly). This path speaks
+DynamoDB's JSON protocol directly and keeps from the AWS SDK only what must be exactly
+right: SigV4 (botocore's own signer) and credentials (aiobotocore's provider chain, which
+refreshes them before they expire).
 Retries live here, in one tenacity loop: the only retry layer of a call.
 
 See memsdk.store.dynamodb_path for the error contract of `call`.
