@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
-import os
 import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Iterator, Sequence
-from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -52,6 +49,7 @@ from memsdk.telemetry import (
     TracerProvider,
     UnrecordedScope,
 )
+from memsdk.wal.rejected import rejected_line, write_rejected
 from memsdk.write_buffer import (
     BufferedAppend,
     OverlayUncertain,
@@ -1184,8 +1182,8 @@ class MemoryClient:
             # A record that passed its CRC but is not an append of this format (written by
             # another version?): keep it for an operator rather than drop or misread it.
             now_ms = self._clock.time_ms()
-            lines = [_rejected_line("undecodable", now_ms, p) for _, p in unreadable]
-            await asyncio.to_thread(_write_rejected, wal_dir, lines)
+            lines = [rejected_line("undecodable", now_ms, p) for _, p in unreadable]
+            await asyncio.to_thread(write_rejected, wal_dir, lines)
             self._wal_rejected_records += len(unreadable)
             wal.confirm([lsn for lsn, _ in unreadable])
             logger.error(
@@ -1454,8 +1452,8 @@ class MemoryClient:
         reason; count, log and trace them. Runs before the log confirms them."""
         assert self._config.wal_dir is not None
         now_ms = self._clock.time_ms()
-        lines = [_rejected_line(reason, now_ms, e.payload) for e in batch]
-        await asyncio.to_thread(_write_rejected, self._config.wal_dir, lines)
+        lines = [rejected_line(reason, now_ms, e.payload) for e in batch]
+        await asyncio.to_thread(write_rejected, self._config.wal_dir, lines)
         turns = sum(e.turn_count for e in batch)
         for entry in batch:
             entry.set_aside = True
@@ -1812,40 +1810,6 @@ class _Planner(Protocol):
 
 def _newest_id(newest_first: tuple[Turn, ...]) -> str:
     return newest_first[0].turn_id or ""
-
-
-class _RejectedLine(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One line of rejected/rejected.jsonl: why, when, and the WAL record itself."""
-
-    reason: str
-    rejected_at_ms: int
-    record: msgspec.Raw | None = None  # the append's JSON payload, as the WAL held it
-    record_base64: str | None = None  # a payload that is not JSON (undecodable records)
-
-
-def _rejected_line(reason: str, now_ms: int, payload: bytes) -> bytes:
-    try:
-        msgspec.json.decode(payload)
-    except msgspec.DecodeError:
-        line = _RejectedLine(
-            reason=reason, rejected_at_ms=now_ms, record_base64=base64.b64encode(payload).decode()
-        )
-    else:
-        line = _RejectedLine(reason=reason, rejected_at_ms=now_ms, record=msgspec.Raw(payload))
-    return msgspec.json.encode(line)
-
-
-def _write_rejected(wal_dir: str, lines: list[bytes]) -> None:
-    """Append lines to rejected/rejected.jsonl (0600, fsync'd) before the log confirms them:
-    a crash in between writes them again (at least once), never loses them."""
-    folder = Path(wal_dir) / "rejected"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    fd = os.open(folder / "rejected.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        os.write(fd, b"".join(line + b"\n" for line in lines))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _retry_after(exc: BaseException) -> float | None:
