@@ -152,14 +152,21 @@ async def test_probes_are_serialized_during_failures() -> None:
         backoff_base_s=0.001,
         backoff_cap_s=0.005,
     )
+
+    async def until_failed(count: int) -> None:
+        # Counted, not timed: a stall of this process can swallow any fixed wait.
+        deadline = asyncio.get_running_loop().time() + 30
+        while flusher.stats().failed_attempts < count:
+            assert asyncio.get_running_loop().time() < deadline, flusher.stats()
+            await asyncio.sleep(0.001)
+
     flusher.start()
     try:
         for lsn in range(1, 9):
             flusher.add(Entry(lsn, f"s{lsn}"))
-        await asyncio.sleep(0.3)
+        await until_failed(8)  # the eight sent before the store was known to fail
         rec.max_in_flight = 0
-        await asyncio.sleep(0.3)
-        assert flusher.stats().failed_attempts > 8
+        await until_failed(8 + 20)
         assert rec.max_in_flight == 1  # one probe at a time once the store is failing
         forever = False
         await flusher.wait_through(8, timeout=10)
@@ -272,6 +279,12 @@ async def test_a_refusal_waits_exactly_its_retry_after_without_growing_the_backo
 async def test_resume_now_ends_the_backoff_within_a_slice() -> None:
     rec = Recorder()
     rec.failures = [Refused(30.0)]  # a long open period
+    slices: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        slices.append(delay)
+        await asyncio.sleep(delay)
+
     flusher = Flusher(
         apply=rec.apply,
         confirm=rec.confirmed.extend,
@@ -279,6 +292,7 @@ async def test_resume_now_ends_the_backoff_within_a_slice() -> None:
         on_reject=rec.reject,
         batch_fits=lambda batch, entry: True,
         concurrency=2,
+        sleep=sleep,
         retry_after=lambda exc: exc.after_s if isinstance(exc, Refused) else None,
     )
     flusher.start()
@@ -286,11 +300,16 @@ async def test_resume_now_ends_the_backoff_within_a_slice() -> None:
         flusher.add(Entry(1, "a"))
         await asyncio.sleep(0.05)  # refused: now waiting out 30 s
         assert rec.batches == []
+        sliced = len(slices)
         flusher.resume_now()  # the breaker let go early (an out-of-band probe succeeded)
-        await flusher.wait_through(1, timeout=2)
+        # Half the 30 s it would otherwise wait: no stall of this process comes near it.
+        await flusher.wait_through(1, timeout=15)
     finally:
         await flusher.stop()
     assert rec.batches == [("a", [1])]
+    # The workers waited in slices, and none began another once resume_now() was called.
+    assert sliced > 0 and all(delay <= 0.25 for delay in slices), slices
+    assert len(slices) == sliced, slices
 
 
 async def test_after_a_failure_the_drain_ramps_up_one_batch_at_a_time() -> None:

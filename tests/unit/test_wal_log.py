@@ -470,12 +470,30 @@ async def test_batches_are_capped(tmp_path: Path) -> None:
     await log.close()
 
 
-async def test_linger_lets_later_appends_join_the_batch(tmp_path: Path) -> None:
-    log, _ = await reopen(tmp_path / "wal", WalOptions(group_commit_interval_s=0.3))
+async def test_linger_lets_later_appends_join_the_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer's linger ends when the test says, not on the clock: a stall of this
+    # process could otherwise outlast it before the second append arrives.
+    interval = 0.3
+    lingering, linger_over = asyncio.Event(), asyncio.Event()
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float, result: Any = None) -> Any:
+        if delay != interval:
+            return await real_sleep(delay, result)
+        lingering.set()
+        await linger_over.wait()
+        return result
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    log, _ = await reopen(tmp_path / "wal", WalOptions(group_commit_interval_s=interval))
     first = asyncio.create_task(log.append(b"first"))
-    for _ in range(5):
-        await asyncio.sleep(0)  # the writer has taken the wake-up and is lingering
+    async with asyncio.timeout(30):  # only turns a writer that never lingers into a failure
+        await lingering.wait()  # the writer has taken the wake-up and is lingering
     second = asyncio.create_task(log.append(b"second"))
+    await real_sleep(0)  # queued behind the one the writer holds
+    linger_over.set()
     assert await first < await second
     assert log.stats().batches == 1
     await log.close()
