@@ -20,6 +20,20 @@ __all__ = ["main"]
 _DEFAULT_SIM_STORE = "sqlite:///memsdk-simulate.db"
 
 
+def _printable(value: object) -> str:
+    """`value` as text with every non-printable character written as a Python escape.
+
+    Stored strings and error messages may come from anyone who could write the store: raw,
+    their control characters (C0, DEL, C1, bidi overrides, line separators) would drive the
+    operator's terminal. str.isprintable() is False for all of those (and for other
+    invisible or unassigned characters, which are escaped too).
+    """
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
+
+
 def _store_arg(parser: argparse.ArgumentParser, default: str | None) -> None:
     parser.add_argument(
         "--store",
@@ -112,12 +126,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "wal" and not args.wal_dir:
         print("memsdk: --wal-dir DIR (or MEMSDK_WAL_DIR) is required", file=sys.stderr)
         return 2
-    if args.command == "wal" and args.wal_command == "status":
-        return _wal_status(args.wal_dir)
-    if not args.store:
+    wal_status = args.command == "wal" and args.wal_command == "status"  # needs no store
+    if not wal_status and not args.store:
         print("memsdk: --store URL (or MEMSDK_STORE) is required", file=sys.stderr)
         return 2
     try:
+        if wal_status:
+            return _wal_status(args.wal_dir)
         if args.command == "simulate":
             return asyncio.run(_simulate(args))
         if args.command == "create-table":
@@ -126,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_wal_replay(args))
         return asyncio.run(_inspect(args))
     except MemsdkError as exc:
-        print(f"memsdk: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"memsdk: {type(exc).__name__}: {_printable(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         # asyncio.run cancelled the command's task first: clients and proxies are closed.
@@ -226,23 +241,27 @@ async def _inspect(args: argparse.Namespace) -> int:
     config = Config.from_env(store=args.store, read_timeout=10.0)
     async with MemoryClient(config) as mem:
         ctx = await mem.load_context(args.session_id, last_n=args.last_n)
+    # Every string below was read from the store: escaped, never printed raw.
+    p = _printable
     if ctx.meta is None:
-        print(f"session {args.session_id}: absent (expired, deleted or never written)")
+        print(f"session {p(args.session_id)}: absent (expired, deleted or never written)")
         return 1
     m = ctx.meta
-    print(f"session {m.session_id}")
-    print(f"  customer_id   {m.customer_id}")
+    print(f"session {p(m.session_id)}")
+    print(f"  customer_id   {p(m.customer_id)}")
     print(f"  turn_count    {m.turn_count}")
-    print(f"  last_turn_id  {m.last_turn_id}")
+    print(f"  last_turn_id  {p(m.last_turn_id)}")
     print(f"  created_at_ms {m.created_at_ms}")
     print(f"  updated_at_ms {m.updated_at_ms}")
     print(f"  expires_at    {m.expires_at}")
     print(f"  page_context  {len(m.page_context)} keys; attributes {len(m.attributes)} keys")
     if ctx.summary is not None:
-        print(f"  summary       through {ctx.summary.through_turn_id}")
+        print(f"  summary       through {p(ctx.summary.through_turn_id)}")
     for t in ctx.turns:
-        text = f"  {t.content!r}" if args.show_content else f"  {len(t.content.encode())} bytes"
-        print(f"  {t.turn_id}  {t.role:<9} {t.intent or '-':<20}{text}")
+        text = (
+            f"  {p(repr(t.content))}" if args.show_content else f"  {len(t.content.encode())} bytes"
+        )
+        print(f"  {p(t.turn_id)}  {p(t.role):<9} {p(t.intent or '-'):<20}{text}")
     return 0
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import os
 import random
 import time
 from collections import OrderedDict
@@ -53,6 +55,7 @@ from memsdk.wal.rejected import rejected_line, write_rejected
 from memsdk.write_buffer import (
     BufferedAppend,
     OverlayUncertain,
+    UndecodableRecord,
     batch_fits,
     buffered_append,
     decode_append,
@@ -190,6 +193,20 @@ def _redis_server_attributes(config: Config) -> dict[str, Any]:
     return {"server.address": host, "server.port": port}
 
 
+def redis_namespace(config: Config) -> str:
+    """This deployment's namespace in Redis: `Config.redis_key_prefix`, else a digest of the
+    store's identity (SQLite file, or DynamoDB table, region and endpoint). Deployments that
+    share a Redis then miss each other's keys instead of reading them (docs/security.md)."""
+    if config.redis_key_prefix is not None:
+        return config.redis_key_prefix
+    spec = config.store_spec
+    if isinstance(spec, SQLiteStoreSpec):
+        identity = f"sqlite|{os.path.abspath(spec.path)}"
+    else:
+        identity = f"dynamodb|{spec.region}|{spec.endpoint or ''}|{spec.table}"
+    return "s" + hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
 def build_meta_cache(
     config: Config, breaker: CircuitBreaker | None = None, telemetry: Telemetry | None = None
 ) -> MetaCache | None:
@@ -202,6 +219,7 @@ def build_meta_cache(
         raise ConfigError("redis_url needs redis-py: pip install 'memsdk[redis]'") from exc
     return RedisMetaCache(
         config.redis_url,
+        key_prefix=redis_namespace(config),
         timeout=config.redis_timeout,
         connect_timeout=config.redis_timeout * 2,
         tombstone_ttl_seconds=min(config.ttl_seconds, 3_600),
@@ -388,7 +406,7 @@ class MemoryClient:
     async def _stop_background(self) -> None:
         """Best-effort cache repairs and fills get a moment (none when hurried), then stop."""
         if self._background and not self._hurry.is_set():
-            await _wait_unless(self._hurry, asyncio.wait(self._background, timeout=1.0))
+            await _wait_unless(self._hurry, asyncio.wait(list(self._background), timeout=1.0))
         self._background_stopped = True
         await stop_tasks(list(self._background))
 
@@ -652,48 +670,54 @@ class MemoryClient:
         return _Read(ctx, meta.version)
 
     async def _load(self, session_id: str, last_n: int) -> _Read:
-        """Validate L1 against a trusted META (Redis, else the store) or read the store."""
+        """Validate L1 against a trusted META (Redis, else the store) or read the store.
+
+        Redis only ever confirms a window this process holds (same turns, same owner): a
+        META from Redis never decides on its own who owns a session, which turns it has,
+        or that it is absent. Redis is a boundary, not memory: anyone who can write to it
+        could have written that META.
+        """
         cached = self._l1.get(session_id)
-        lease = None
-        if self._config.consistency == "validated":
-            meta, source, lease = await self._trusted_meta(session_id, cached)
-            if source is not None:
-                if cached is not None and meta is not None:
+        if (
+            self._config.consistency == "validated"
+            and cached is not None
+            and cached.newest_first is not None
+        ):
+            meta, source = await self._trusted_meta(session_id, cached)
+            if meta is not None:
+                live = rules.live_meta(meta, self._clock.time_ms() // 1000) is not None
+                if live or source == "store":
                     read = self._serve_cached(cached, meta, last_n, f"l1+{source}")
                     if read is not None:
                         return read
-                self._l1.misses += 1
-                self._telemetry.cache_lookup("l1", "miss")
-                if rules.live_meta(meta, self._clock.time_ms() // 1000) is None:
-                    return self._absent(session_id, meta)
-                assert meta is not None
-                newest_first, complete, count = await self._read_turns(session_id, meta, last_n)
-                return self._answer(meta, newest_first, complete, count, source)
+                if live and source == "store":
+                    # The store's own META is in hand: only the turns are missing.
+                    self._l1.misses += 1
+                    self._telemetry.cache_lookup("l1", "miss")
+                    newest_first, complete, count = await self._read_turns(session_id, meta, last_n)
+                    return self._answer(meta, newest_first, complete, count, "store")
         self._l1.misses += 1
         self._telemetry.cache_lookup("l1", "miss")
-        return await self._read_store(session_id, last_n, lease)
+        return await self._read_store(session_id, last_n)
 
     async def _trusted_meta(
-        self, session_id: str, cached: CachedWindow | None
-    ) -> tuple[MetaRecord | None, str | None, str | None]:
-        """A META that validated mode may trust, where it came from (None: not looked up),
-        and the Redis lease its miss gave (for the fill of what the store says next).
+        self, session_id: str, cached: CachedWindow
+    ) -> tuple[MetaRecord | None, str]:
+        """A META that validated mode may check L1's window against, and where it came from.
 
-        Redis first, unless it is behind what this process itself wrote or read. Then, if
-        L1 has turns worth validating, a consistent GetItem on META; otherwise nothing,
-        and the caller reads META and turns together.
+        Redis first, unless it is behind what this process itself wrote or read; then a
+        consistent GetItem on META, offered to Redis (a read-through fill, under the lease
+        a miss gave: the next process's check then costs no store read).
         """
         lease = None
         if self._l2 is not None:
             meta, lease = await self._l2.lookup(session_id)
             if meta is not None and self._known_version(session_id, cached) <= meta.version:
-                return meta, "redis", None
-        if cached is None or cached.newest_first is None:
-            return None, None, lease
+                return meta, "redis"
         meta = await self._store.get_meta(session_id, consistent=True)
         if meta is not None:
             self._fill_l2(meta, lease)
-        return meta, "store", None
+        return meta, "store"
 
     def _known_version(self, session_id: str, cached: CachedWindow | None) -> int:
         """The newest META version this process holds for the session (-1: none)."""
@@ -702,8 +726,8 @@ class MemoryClient:
             -1 if cached is None else cached.meta.version, -1 if hint is None else hint.version
         )
 
-    async def _read_store(self, session_id: str, last_n: int, lease: str | None) -> _Read:
-        """Read META and the first page of turns together; fill L1 and Redis."""
+    async def _read_store(self, session_id: str, last_n: int) -> _Read:
+        """Read META and the first page of turns together; fill L1."""
         strong = self._config.consistency == "strong"
         # Sticky reads may read META eventually consistent, unless this process wrote or
         # read the session before: then an older META would hide its own turns.
@@ -721,8 +745,6 @@ class MemoryClient:
                 await stop_tasks([meta_task])  # the query's own error is the one raised
             elif not meta_task.cancelled():
                 meta_task.exception()  # retrieved: the query's own error is the one raised
-        if stored is not None:
-            self._fill_l2(stored, lease)
         meta = rules.live_meta(stored, self._clock.time_ms() // 1000)
         if meta is None:
             return self._absent(session_id, stored)
@@ -768,7 +790,9 @@ class MemoryClient:
         exhausted = len(page) < last_n or (bool(page) and page[-1].turn_id <= meta.floor_turn_id)
         while (count := rules.select_window(newest_first, last_n, exhausted)) is None:
             before = page[-1].turn_id
-            limit = max(last_n - len(newest_first), 1) + 4
+            # Short of last_n: what is missing, plus a few. Moving back over tool turns:
+            # pages that double, so that reaching the bound costs a few round trips.
+            limit = max(last_n - len(newest_first), len(newest_first) - last_n, 1) + 4
             page = await self._store.query_turns(
                 session_id, before_turn_id=before, limit=limit, consistent=True
             )
@@ -856,7 +880,9 @@ class MemoryClient:
         rules.validate_session_id(session_id)
         customer_id = rules.validate_customer_id(customer_id, session_id)
         op.identify(session_id, customer_id)
-        checked = rules.validate_turns(session_id, turns, self._config.max_turn_bytes)
+        checked = rules.detach_turns(
+            rules.validate_turns(session_id, turns, self._config.max_turn_bytes)
+        )
         self._check_open()
         if op.recording:
             op.set("memsdk.turns", len(checked))
@@ -910,9 +936,11 @@ class MemoryClient:
         customer_id = rules.validate_customer_id(customer_id, session_id)
         op.identify(session_id, customer_id)
         if page_context is not None:
-            rules.validate_json(page_context, session_id, "page_context")
+            page_context = rules.copy_json(
+                rules.validate_json(page_context, session_id, "page_context")
+            )
         if attributes is not None:
-            rules.validate_json(attributes, session_id, "attributes")
+            attributes = rules.copy_json(rules.validate_json(attributes, session_id, "attributes"))
         self._check_open()
 
         def plan(current: MetaRecord | None, now_ms: int) -> SessionWrite:
@@ -1176,7 +1204,7 @@ class MemoryClient:
         for record in report.pending:
             try:
                 flusher.add(decode_append(record.lsn, record.payload, record.appended_at_ms))
-            except (msgspec.DecodeError, MemsdkError):
+            except UndecodableRecord:
                 unreadable.append((record.lsn, record.payload))
         if unreadable:
             # A record that passed its CRC but is not an append of this format (written by
@@ -1795,13 +1823,20 @@ class _Read(NamedTuple):
 
 
 def _may_show(entry: BufferedAppend, owner: str | None, reader: str | None) -> bool:
-    """Whether a read may overlay this buffered append: never one the flush will refuse
-    for another owner, nor one whose owner nobody could verify to another customer."""
+    """Whether a read may overlay this buffered append.
+
+    An append that names a customer is shown only to that customer (a trusted reader, with
+    no customer_id, sees it once its owner is the session's, or was checked against the
+    store): an append acknowledged while its owner could not be checked may belong to
+    another customer's session, and the flush will set it aside then.
+    """
     if entry.customer_id is None:
         return True
+    if reader is not None:
+        return entry.customer_id == reader
     if owner is not None:
         return entry.customer_id == owner
-    return entry.owner_verified or reader is None or reader == entry.customer_id
+    return entry.owner_verified
 
 
 class _Planner(Protocol):

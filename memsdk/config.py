@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -65,16 +66,25 @@ StoreSpec = SQLiteStoreSpec | DynamoDBStoreSpec
 TELEMETRY_ATTRIBUTES = frozenset({"session_id", "customer_id"})
 
 
+# A URL scheme that is safe to quote back: a plain word, never credentials or controls.
+_PLAIN_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]{0,31}")
+
+
 def parse_store_url(url: str) -> StoreSpec:
-    """Parse `sqlite:///rel.db`, `sqlite:////abs.db` or `dynamodb://TABLE?region=..&endpoint=..`."""
+    """Parse `sqlite:///rel.db`, `sqlite:////abs.db` or `dynamodb://TABLE?region=..&endpoint=..`.
+
+    Messages never quote the URL (it may hold credentials): at most its scheme.
+    """
     if not isinstance(url, str) or not url:
         raise ConfigError("store must be a non-empty URL such as sqlite:///memsdk.db")
     if url.startswith("sqlite:"):
         return _parse_sqlite(url)
     if url.startswith("dynamodb:"):
         return _parse_dynamodb(url)
+    scheme, sep, _ = url.partition("://")
+    named = f" {scheme!r}" if sep and _PLAIN_SCHEME.fullmatch(scheme) else ""
     raise ConfigError(
-        f"unsupported store URL scheme in {_redact(url)!r}: use sqlite:///PATH or dynamodb://TABLE"
+        f"unsupported store URL scheme{named}: use sqlite:///PATH or dynamodb://TABLE"
     )
 
 
@@ -90,19 +100,33 @@ def _parse_sqlite(url: str) -> SQLiteStoreSpec:
     return SQLiteStoreSpec(path=path)
 
 
+_DYNAMODB_OPTIONS = ("region", "endpoint", "allow_http")
+
+
 def _parse_dynamodb(url: str) -> DynamoDBStoreSpec:
-    parts = urlsplit(url)
+    # No message here quotes the URL or a part of it: a misplaced secret (user:password@,
+    # a key pasted into an option) must not reach a log through a ConfigError.
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ConfigError("dynamodb store URL is malformed (brackets in the host?)") from None
     if parts.scheme != "dynamodb" or not url.startswith("dynamodb://"):
         raise ConfigError("dynamodb store URL must look like dynamodb://TABLE?region=us-east-1")
     table = parts.netloc
+    if "@" in table:
+        raise ConfigError(
+            "dynamodb store URL takes no credentials (user:password@): memsdk uses the AWS "
+            "provider chain (environment, profile, SSO, instance or container role)"
+        )
     if parts.path not in ("", "/"):
         raise ConfigError("dynamodb store URL takes the table name as its host: dynamodb://TABLE")
     if not _TABLE_NAME.match(table):
-        raise ConfigError(f"invalid DynamoDB table name {table!r}: 3-255 chars of [A-Za-z0-9_.-]")
+        raise ConfigError("invalid DynamoDB table name: it must be 3-255 chars of [A-Za-z0-9_.-]")
     query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
-    unknown = set(query) - {"region", "endpoint"}
-    if unknown:
-        raise ConfigError(f"unknown dynamodb store URL option(s): {', '.join(sorted(unknown))}")
+    if set(query) - set(_DYNAMODB_OPTIONS):
+        raise ConfigError(
+            f"unknown dynamodb store URL option: the options are {', '.join(_DYNAMODB_OPTIONS)}"
+        )
     for key, values in query.items():
         if len(values) != 1 or not values[0]:
             raise ConfigError(f"dynamodb store URL option {key!r} must be given once, non-empty")
@@ -114,21 +138,46 @@ def _parse_dynamodb(url: str) -> DynamoDBStoreSpec:
     if not region:
         raise ConfigError("dynamodb store URL needs region=... (or AWS_REGION in the environment)")
     if not _REGION.match(region):
-        raise ConfigError(f"invalid AWS region {region!r} in the dynamodb store URL")
+        raise ConfigError(
+            "invalid AWS region in the dynamodb store URL (or AWS_REGION): expected a region "
+            "name such as us-east-1"
+        )
+    allow_http = query.get("allow_http", ["0"])[0]
+    if allow_http not in ("0", "1"):
+        raise ConfigError("dynamodb store URL option allow_http must be 1 or 0")
     endpoint = query.get("endpoint", [None])[0]
     if endpoint is not None:
-        ep = urlsplit(endpoint)
-        if ep.scheme not in ("http", "https") or not ep.hostname:
-            raise ConfigError("dynamodb endpoint must be an http:// or https:// URL with a host")
-        if ep.path not in ("", "/") or ep.query or ep.fragment or ep.username or ep.password:
-            raise ConfigError(
-                "dynamodb endpoint must be scheme://host[:port] with nothing after it"
-            )
-        try:
-            ep.port  # noqa: B018 - parsing the port raises ValueError when it is malformed
-        except ValueError as exc:
-            raise ConfigError("dynamodb endpoint has a malformed port") from exc
+        _check_endpoint(endpoint, allow_http=allow_http == "1")
     return DynamoDBStoreSpec(table=table, region=region, endpoint=endpoint)
+
+
+def _check_endpoint(endpoint: str, *, allow_http: bool) -> None:
+    try:
+        ep = urlsplit(endpoint)
+        ep.port  # noqa: B018 - parsing the port raises ValueError when it is malformed
+    except ValueError:
+        raise ConfigError("dynamodb endpoint has a malformed host or port") from None
+    if ep.scheme not in ("http", "https") or not ep.hostname:
+        raise ConfigError("dynamodb endpoint must be an http:// or https:// URL with a host")
+    if ep.path not in ("", "/") or ep.query or ep.fragment or ep.username or ep.password:
+        raise ConfigError("dynamodb endpoint must be scheme://host[:port] with nothing after it")
+    if ep.scheme == "http" and not allow_http and not _is_loopback(ep.hostname):
+        # Conversations (and request signatures) would cross the network in cleartext.
+        raise ConfigError(
+            "dynamodb endpoint uses http:// to a host that is not loopback (127.0.0.0/8, ::1, "
+            "localhost): conversations would cross the network unencrypted. Use https://, or "
+            "add allow_http=1 to the store URL if that network is trusted"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1); names are not resolved."""
+    if host == "localhost":  # urlsplit lowercases hostnames
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a DNS name: whatever it resolves to, it may travel the network
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,12 +294,8 @@ def _parse_sentinel(rest: str, tls: bool) -> RedisSpec:
     )
 
 
-def _redact(url: str) -> str:
-    # Never echo credentials that may sit in a URL's userinfo.
-    parts = urlsplit(url)
-    if parts.password or parts.username:
-        return url.replace(parts.netloc, parts.hostname or "***")
-    return url
+# A Redis key namespace: no braces (the hash tag is memsdk's), no spaces or controls.
+_KEY_PREFIX = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -260,6 +305,10 @@ class Config:
     store: str = "sqlite:///memsdk.db"
     # Out of repr: the URL may hold a password, and a Config is easily logged.
     redis_url: str | None = field(default=None, repr=False)
+    # The namespace of this deployment's keys in Redis. None: derived from the store's
+    # identity (table and endpoint, or the SQLite file), so that deployments sharing one
+    # Redis never see each other's META (docs/security.md).
+    redis_key_prefix: str | None = None
     wal_dir: str | None = None
     ttl_seconds: int = 86_400
     last_n: int = 20
@@ -331,6 +380,10 @@ class Config:
         object.__setattr__(self, "store_spec", parse_store_url(self.store))
         redis_spec = None if self.redis_url is None else parse_redis_url(self.redis_url)
         object.__setattr__(self, "redis_spec", redis_spec)
+        if self.redis_key_prefix is not None and not (
+            isinstance(self.redis_key_prefix, str) and _KEY_PREFIX.fullmatch(self.redis_key_prefix)
+        ):
+            raise ConfigError("redis_key_prefix must be None or 1-64 characters of [A-Za-z0-9._:-]")
         if self.wal_dir is not None and (not isinstance(self.wal_dir, str) or not self.wal_dir):
             raise ConfigError("wal_dir must be a non-empty directory path or None")
         _check_int("ttl_seconds", self.ttl_seconds, 1, 10 * 365 * 86_400)

@@ -14,8 +14,11 @@
     └── BackpressureError            a local bound (WAL budget, in-flight calls) is full: shed load
 
 Every error carries `session_id` (None when no session is involved) and says in its
-message what to do next. Errors raised for bad input are raised before any I/O: nothing
-was written, no other session was touched.
+message what to do next. `message` is that text alone; `str(error)` appends
+`[session_id=...]` for people reading logs. Messages name what is wrong by a field and a
+position memsdk chose (`turns[2].attributes[entry 0] holds a set`), never by a key, id or
+value the caller passed, so `message` is safe to put in telemetry. Errors raised for bad
+input are raised before any I/O: nothing was written, no other session was touched.
 """
 
 from __future__ import annotations
@@ -45,11 +48,15 @@ class MemsdkError(Exception):
         super().__init__(message)
         self.session_id = session_id
 
+    @property
+    def message(self) -> str:
+        """memsdk's own message (what happened, what to do), without the session id suffix."""
+        return str(self.args[0]) if self.args else ""
+
     def __str__(self) -> str:
-        message = super().__str__()
         if self.session_id is None:
-            return message
-        return f"{message} [session_id={self.session_id}]"
+            return self.message
+        return f"{self.message} [session_id={self.session_id}]"
 
 
 class ConfigError(MemsdkError, ValueError):

@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from memsdk.errors import StoreUnavailableError
+from memsdk.errors import StoreError, StoreUnavailableError
 from memsdk.resilience.breaker import CircuitBreaker
 from memsdk.resilience.budget import RetryBudget
 from memsdk.resilience.bulkhead import Bulkhead, BulkheadFullError
@@ -134,8 +134,20 @@ class GuardedStore:
             else:
                 breaker.record_neutral()
             raise
+        except StoreError:
+            breaker.record_neutral()  # validation, auth, a missing table: not its health
+            raise
+        except Exception as exc:
+            # A store that broke its contract (a user-supplied Store, or a bug): its text
+            # may hold anything, so it stays in the chain, out of the message.
+            breaker.record_neutral()
+            raise StoreError(
+                f"the store raised {type(exc).__name__}, which the Store protocol does not "
+                "allow: this is a bug in the store implementation; report it",
+                session_id=session_id,
+            ) from exc
         except BaseException:
-            breaker.record_neutral()  # StoreError (validation, auth, table) and the rest
+            breaker.record_neutral()  # KeyboardInterrupt and the like: not the store's fault
             raise
         breaker.record_success(self._monotonic() - started)
         return result

@@ -18,7 +18,7 @@ import math
 import re
 import secrets
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 import msgspec
 
@@ -31,12 +31,24 @@ from memsdk.errors import (
 )
 from memsdk.ids import TurnIdGenerator, is_turn_id
 from memsdk.models import Meta, Summary, Turn
-from memsdk.store.base import MetaRecord, SessionWrite, SummaryRecord, TurnRecord
+from memsdk.readonly import freeze
+from memsdk.store.base import (
+    MetaRecord,
+    MetaStamp,
+    SessionWrite,
+    SummaryRecord,
+    TurnRecord,
+    stamp_of,
+)
 
 __all__ = [
     "MAX_TURNS_PER_APPEND",
+    "MAX_WINDOW_EXTENSION_CHARS",
+    "MAX_WINDOW_EXTENSION_TURNS",
     "check_owner",
     "check_owner_id",
+    "copy_json",
+    "detach_turns",
     "incarnation_floor",
     "live_meta",
     "new_turn_records",
@@ -62,10 +74,15 @@ MAX_TURNS_PER_APPEND = 99
 _FLOOR_MARGIN_MIN_MS = 2_000
 _FLOOR_MARGIN_MAX_MS = 15 * 60_000
 MAX_APPEND_BYTES = 4 * 1024 * 1024 - 400 * 1024
+# How far a window may move back past `last_n` to reach the call of its tool results
+# (select_window): a parallel tool call has tens of results, not hundreds.
+MAX_WINDOW_EXTENSION_TURNS = 128
+MAX_WINDOW_EXTENSION_CHARS = 2 * 1024 * 1024
 META_ITEM_LIMIT = 400 * 1024 - 1024
 _NUMBER_BYTES = 21  # DynamoDB's upper bound for one number; never under-count.
 _TURN_ID_BYTES = 25
 _JSON = msgspec.json.Encoder()
+_JSON_DICT = msgspec.json.Decoder(dict[str, Any])
 
 
 def validate_session_id(session_id: object) -> str:
@@ -107,8 +124,11 @@ def validate_json(value: object, session_id: str, what: str) -> dict[str, Any]:
 def _check_json(value: object, session_id: str, path: str, depth: int) -> None:
     # Anything that would not come back identical is refused rather than silently changed:
     # NaN becomes null, int keys become strings, tuples become lists.
+    # Messages reach logs and spans: a dict entry is named by its position ("[entry 2]",
+    # insertion order), never by its key, which is the caller's data.
     if depth > 32:
-        raise InvalidTurnError(f"{path} nests deeper than 32 levels", session_id=session_id)
+        field = path.split("[entry ", 1)[0]  # the field memsdk named, not 33 positions
+        raise InvalidTurnError(f"{field} nests deeper than 32 levels", session_id=session_id)
     if value is None or isinstance(value, bool | int):
         return
     if isinstance(value, float):
@@ -123,11 +143,12 @@ def _check_json(value: object, session_id: str, path: str, depth: int) -> None:
             _check_json(item, session_id, f"{path}[{i}]", depth + 1)
         return
     if isinstance(value, dict):
-        for key, item in value.items():
+        for i, (key, item) in enumerate(value.items()):
+            entry = f"{path}[entry {i}]"
             if not isinstance(key, str):
-                raise InvalidTurnError(f"{path} has a non-string key", session_id=session_id)
-            _check_text(key, session_id, path)
-            _check_json(item, session_id, f"{path}.{key[:40]}", depth + 1)
+                raise InvalidTurnError(f"{entry} has a non-string key", session_id=session_id)
+            _check_text(key, session_id, f"the key of {entry}")
+            _check_json(item, session_id, entry, depth + 1)
         return
     raise InvalidTurnError(
         f"{path} holds a {type(value).__name__}: only dict, list, str, int, float, bool, None",
@@ -142,6 +163,21 @@ def _check_text(text: str, session_id: str, path: str) -> None:
         raise InvalidTurnError(
             f"{path} is not valid Unicode text (lone surrogate)", session_id=session_id
         ) from exc
+
+
+def copy_json(value: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of a validated JSON dict: what memsdk keeps is never the caller's object,
+    which the caller may change after the call."""
+    copied: dict[str, Any] = _JSON_DICT.decode(_JSON.encode(value))
+    return copied
+
+
+def detach_turns(turns: Sequence[Turn]) -> list[Turn]:
+    """Validated turns with their attributes copied (see copy_json)."""
+    return [
+        t if not t.attributes else msgspec.structs.replace(t, attributes=copy_json(t.attributes))
+        for t in turns
+    ]
 
 
 def validate_text(text: object, session_id: str, what: str) -> str:
@@ -359,8 +395,9 @@ def _base_meta(
     customer_id: str | None,
     now_ms: int,
     ttl_seconds: int,
-) -> tuple[MetaRecord, int | None]:
-    """The META a write starts from (live one or a new incarnation) and the expected version."""
+) -> tuple[MetaRecord, _Expectation]:
+    """The META a write starts from (live one or a new incarnation) and what it expects of
+    the stored META (see SessionWrite)."""
     live = live_meta(current, now_ms // 1000)
     if live is None:
         meta = _new_meta(
@@ -370,7 +407,7 @@ def _base_meta(
             now_ms=now_ms,
             ttl_seconds=ttl_seconds,
         )
-        return meta, (current.version if current is not None else None)
+        return meta, _expecting(current)
     check_owner(live, customer_id)
     meta = msgspec.structs.replace(
         live,
@@ -379,7 +416,19 @@ def _base_meta(
         expires_at=now_ms // 1000 + ttl_seconds,
         version=live.version + 1,
     )
-    return meta, live.version
+    return meta, _expecting(live)
+
+
+class _Expectation(TypedDict):
+    expected_version: int | None
+    expected_stamp: MetaStamp | None
+
+
+def _expecting(base: MetaRecord | None) -> _Expectation:
+    """SessionWrite's condition for a write planned on `base` (None: believed absent)."""
+    if base is None:
+        return {"expected_version": None, "expected_stamp": None}
+    return {"expected_version": base.version, "expected_stamp": stamp_of(base)}
 
 
 def new_turn_records(
@@ -418,7 +467,7 @@ def plan_append(
     ids: TurnIdGenerator,
 ) -> SessionWrite:
     """Plan an append on top of `current` (None = believed absent): new ids, META, TURN items."""
-    meta, expected = _base_meta(
+    meta, expect = _base_meta(
         current,
         session_id=session_id,
         customer_id=customer_id,
@@ -440,9 +489,7 @@ def plan_append(
         late_turns=False,  # fresh ids sort after the high-water mark
     )
     _check_meta_size(meta)
-    return SessionWrite(
-        meta=meta, expected_version=expected, now_s=now_ms // 1000, turns=records, summary=None
-    )
+    return SessionWrite(meta=meta, now_s=now_ms // 1000, turns=records, summary=None, **expect)
 
 
 def plan_buffered_append(
@@ -468,7 +515,7 @@ def plan_buffered_append(
     The write's META says `late_turns` when every kept turn sorts below the `last_turn_id`
     it found: readers then know that comparing newest ids cannot show this commit.
     """
-    meta, expected = _base_meta(
+    meta, expect = _base_meta(
         current,
         session_id=session_id,
         customer_id=customer_id,
@@ -493,9 +540,7 @@ def plan_buffered_append(
         late_turns=newest < found,
     )
     _check_meta_size(meta)
-    write = SessionWrite(
-        meta=meta, expected_version=expected, now_s=now_ms // 1000, turns=keep, summary=None
-    )
+    write = SessionWrite(meta=meta, now_s=now_ms // 1000, turns=keep, summary=None, **expect)
     return write, set_aside
 
 
@@ -510,7 +555,7 @@ def plan_update_meta(
     ttl_seconds: int,
 ) -> SessionWrite:
     """Plan an update_meta: each given field replaced whole; creates the session if absent."""
-    meta, expected = _base_meta(
+    meta, expect = _base_meta(
         current,
         session_id=session_id,
         customer_id=customer_id,
@@ -522,7 +567,7 @@ def plan_update_meta(
     if attributes is not None:
         meta = msgspec.structs.replace(meta, attributes=attributes)
     _check_meta_size(meta)
-    return SessionWrite(meta=meta, expected_version=expected, now_s=now_ms // 1000)
+    return SessionWrite(meta=meta, now_s=now_ms // 1000, **expect)
 
 
 def plan_summary(
@@ -562,9 +607,7 @@ def plan_summary(
         summary=summary if keep_new else newest,
     )
     _check_meta_size(meta)
-    return SessionWrite(
-        meta=meta, expected_version=current.version, now_s=now_ms // 1000, summary=summary
-    )
+    return SessionWrite(meta=meta, now_s=now_ms // 1000, summary=summary, **_expecting(current))
 
 
 def plan_delete(current: MetaRecord, *, now_ms: int, retention_seconds: int) -> SessionWrite:
@@ -588,7 +631,7 @@ def plan_delete(current: MetaRecord, *, now_ms: int, retention_seconds: int) -> 
         attributes={},
         deleted=True,
     )
-    return SessionWrite(meta=tombstone, expected_version=current.version, now_s=now_ms // 1000)
+    return SessionWrite(meta=tombstone, now_s=now_ms // 1000, **_expecting(current))
 
 
 def visible_turns(meta: MetaRecord, page: Iterable[TurnRecord], now_s: int) -> list[TurnRecord]:
@@ -614,13 +657,31 @@ def select_window(newest_first: Sequence[_HasRole], last_n: int, exhausted: bool
     session itself begins with tool turns), the window starts at the session's first
     visible turn: no acknowledged turn is ever dropped from view to keep the rule.
     `exhausted`: `newest_first` holds every visible turn of the session.
+
+    The move back is bounded: at most MAX_WINDOW_EXTENSION_TURNS turns and about
+    MAX_WINDOW_EXTENSION_CHARS characters of content beyond `last_n`, so that a long run of
+    tool turns (a misbehaving tool loop, or a hostile caller) cannot make every read walk
+    the whole session. A window cut at the bound starts with a tool turn whose call lies
+    further back (the one exception to guarantee 9, see docs/guarantees.md).
     """
     count = min(last_n, len(newest_first))
+    extension_chars = 0
     while count < len(newest_first) and newest_first[count - 1].role == "tool":
+        if (
+            count - last_n >= MAX_WINDOW_EXTENSION_TURNS
+            or extension_chars >= MAX_WINDOW_EXTENSION_CHARS
+        ):
+            return count  # the bound: cut here
+        extension_chars += _content_chars(newest_first[count])
         count += 1
     if not exhausted and (len(newest_first) < last_n or newest_first[count - 1].role == "tool"):
         return None
     return count
+
+
+def _content_chars(turn: _HasRole) -> int:
+    content = getattr(turn, "content", None)
+    return len(content) if isinstance(content, str) else 0
 
 
 def to_public_turn(record: TurnRecord) -> Turn:
@@ -629,7 +690,7 @@ def to_public_turn(record: TurnRecord) -> Turn:
         role=record.role,  # type: ignore[arg-type]  # roles are validated on the way in
         content=record.content,
         intent=record.intent,
-        attributes=record.attributes,
+        attributes=freeze(record.attributes),  # shared with L1: read-only
         turn_id=record.turn_id,
         created_at_ms=record.created_at_ms,
     )
@@ -644,9 +705,9 @@ def to_public_meta(meta: MetaRecord) -> Meta:
         updated_at_ms=meta.updated_at_ms,
         turn_count=meta.turn_count,
         last_turn_id=meta.last_turn_id,
-        page_context=meta.page_context,
+        page_context=freeze(meta.page_context),  # shared with L1: read-only
         expires_at=meta.expires_at,
-        attributes=meta.attributes,
+        attributes=freeze(meta.attributes),
     )
 
 

@@ -19,9 +19,12 @@ What is emitted (docs/observability.md lists it with the attributes):
   gauges, degraded replies, lost contexts, and the turn count of loaded sessions (a spike
   of one-turn sessions means memory was lost).
 
-Privacy: no turn content, customer id or page context is ever put in a span, event,
-metric or exception message here. Session and customer ids are added to spans only when
-named in `Config.telemetry_attributes`; never to metrics (unbounded cardinality).
+Privacy: no turn content, customer id, page context or foreign exception text is ever put
+in a span, event or metric here. A failure is recorded by `Telemetry.fail_span` alone (the
+SDK's own exception recording is off for every span memsdk starts): its `exception` event
+holds the type and memsdk's own message, no stacktrace. Session and customer ids are added
+to spans only when named in `Config.telemetry_attributes`; never to metrics (unbounded
+cardinality).
 """
 
 from __future__ import annotations
@@ -314,22 +317,32 @@ class Telemetry:
         return attrs
 
     def fail_span(self, span: Span, exc: BaseException) -> None:
-        """Mark a span failed with the exception's type; its message only if it is ours.
+        """Mark a span failed: status ERROR with the type, and a scrubbed `exception` event."""
+        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        # Never the SDK's record_exception: its `exception.stacktrace` holds str(exc) (with
+        # the session id suffix), the messages of chained foreign exceptions and this
+        # machine's file paths, whatever `exception.message` is overridden with.
+        span.add_event("exception", self._exception_attributes(exc))
 
-        memsdk's own messages say what happened and what to do, never content; the session
-        id suffix is dropped unless allowed. A foreign exception's message could hold
-        anything (a server's echo of a request), so only its type is kept.
+    def _exception_attributes(self, exc: BaseException) -> dict[str, str]:
+        """The `exception` event's only fields: `exception.type` and `exception.message`.
+
+        The type is the fully-qualified class name (semantic conventions). The message is
+        memsdk's own (what happened and what to do, never caller data), with the session
+        id suffix only when allowed; a foreign exception's message could hold anything (a
+        server's echo of a request), so it is left empty.
         """
         from memsdk.errors import MemsdkError  # errors.py imports nothing of ours
 
+        cls = type(exc)
+        module = cls.__module__
+        name = cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+        message = ""
         if isinstance(exc, MemsdkError):
-            message = str(exc.args[0]) if exc.args else ""
+            message = exc.message
             if exc.session_id is not None and "session_id" in self._allowed:
-                message = str(exc)
-        else:
-            message = ""
-        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-        span.record_exception(exc, attributes={"exception.message": message})
+                message = f"{message} [session_id={exc.session_id}]"
+        return {"exception.type": name, "exception.message": message}
 
     # ------------------------------------------------------------------ spans
 
@@ -376,7 +389,11 @@ class Telemetry:
             return _UNRECORDED
         span: Span | None = None
         if self._tracing():
-            span = self._tracer.start_span(name)
+            # Every span memsdk starts has the SDK's exception recording and status off:
+            # it would attach a stacktrace and str(exc). fail_span does both, scrubbed.
+            span = self._tracer.start_span(
+                name, record_exception=False, set_status_on_exception=False
+            )
             if not span.is_recording():
                 span = None  # a sampled-out span is never made current: nothing to carry
         elif not self._metering():
@@ -399,7 +416,11 @@ class Telemetry:
         if self._tracing_below():
             name = operation if target is None else f"{operation} {target}"
             span = self._tracer.start_span(
-                name, kind=SpanKind.CLIENT, attributes={**metric_attrs, **attributes}
+                name,
+                kind=SpanKind.CLIENT,
+                attributes={**metric_attrs, **attributes},
+                record_exception=False,
+                set_status_on_exception=False,
             )
             if not span.is_recording():
                 span = None
@@ -432,6 +453,8 @@ class Telemetry:
             kind=SpanKind.CLIENT,
             attributes={**metric_attrs, **attributes},
             start_time=started_ns,
+            record_exception=False,
+            set_status_on_exception=False,
         )
         if not span.is_recording():
             return
@@ -445,8 +468,14 @@ class Telemetry:
         if not self.enabled:
             yield
             return
+        # Left on, the SDK would record the escaping exception with its stacktrace and set
+        # the status to "Type: message" (session id included): fail_span does both, scrubbed.
         with self._tracer.start_as_current_span(
-            name, context=trace.set_span_in_context(trace.INVALID_SPAN), attributes=attributes
+            name,
+            context=trace.set_span_in_context(trace.INVALID_SPAN),
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
         ) as span:
             # Background tasks inherit the context of whatever call started them (open()):
             # this work is its own root, with its own children and retry count.

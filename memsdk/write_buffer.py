@@ -13,12 +13,15 @@ from dataclasses import dataclass
 import msgspec
 
 from memsdk import session as rules
+from memsdk.errors import MemsdkError
+from memsdk.ids import is_turn_id
 from memsdk.models import Context, Meta, Turn
 from memsdk.store.base import TurnRecord
 
 __all__ = [
     "BufferedAppend",
     "OverlayUncertain",
+    "UndecodableRecord",
     "batch_fits",
     "buffered_append",
     "decode_append",
@@ -122,15 +125,40 @@ def encode_append(session_id: str, customer_id: str | None, turns: Sequence[Turn
     return _encoder.encode(record)
 
 
+class UndecodableRecord(Exception):
+    """A WAL payload that is not an append this version of memsdk wrote."""
+
+
 def decode_append(lsn: int, payload: bytes, appended_at_ms: int) -> BufferedAppend:
-    """Rebuild a BufferedAppend from its WAL payload; msgspec.DecodeError if it is not one."""
-    record = _decoder.decode(payload)
-    rules.validate_session_id(record.session_id)
-    if not record.turns:
-        raise msgspec.DecodeError("a WAL append record without turns")
-    return buffered_append(
-        lsn, record.session_id, record.customer_id, record.turns, payload, appended_at_ms
-    )
+    """Rebuild a BufferedAppend from its WAL payload; UndecodableRecord if it is not one.
+
+    The log is a file, so a trust boundary: a record is checked as strictly as the append
+    that wrote it (ids, roles, owner, nesting), whatever bytes it holds, before it is
+    replayed, shown or written anywhere.
+    """
+    try:
+        record = _decoder.decode(payload)
+        sid = rules.validate_session_id(record.session_id)
+        rules.validate_customer_id(record.customer_id, sid)
+        _check_turns(sid, record.turns)
+    except (msgspec.DecodeError, RecursionError, MemsdkError) as exc:
+        # RecursionError: msgspec's answer to deeply nested input, not a DecodeError.
+        raise UndecodableRecord(type(exc).__name__) from None
+    return buffered_append(lsn, sid, record.customer_id, record.turns, payload, appended_at_ms)
+
+
+def _check_turns(session_id: str, turns: list[TurnRecord]) -> None:
+    if not 1 <= len(turns) <= rules.MAX_TURNS_PER_APPEND:
+        raise msgspec.DecodeError("a WAL append record holds 1 to 99 turns")
+    previous = ""
+    for turn in turns:
+        if not is_turn_id(turn.turn_id) or turn.turn_id <= previous:
+            raise msgspec.DecodeError("a WAL append record's turn ids are malformed")
+        previous = turn.turn_id
+        if turn.role not in rules.ROLES:
+            raise msgspec.DecodeError("a WAL append record holds an unknown role")
+        rules.validate_text(turn.content, session_id, "content")
+        rules.validate_json(turn.attributes, session_id, "attributes")
 
 
 def batch_fits(

@@ -42,15 +42,20 @@ class CachedWindow(msgspec.Struct, frozen=True, kw_only=True):
     size: int = 0
 
     def same_stamp(self, meta: MetaRecord) -> bool:
-        """True when this entry's turns are exactly the turns `meta` describes.
+        """True when this entry's turns are exactly the turns `meta` describes, and `meta`
+        names the same owner.
 
         The count too: a buffered turn from a writer whose clock is behind can land below
-        the newest id, leaving `last_turn_id` as it was.
+        the newest id, leaving `last_turn_id` as it was. The owner too: this entry's came
+        from the store (or this process's own write), and a META from Redis that names
+        another owner must never decide who may read these turns.
         """
         return (
             self.meta.floor_turn_id == meta.floor_turn_id
             and self.meta.last_turn_id == meta.last_turn_id
             and self.meta.turn_count == meta.turn_count
+            and self.meta.customer_id == meta.customer_id
+            and self.meta.session_id == meta.session_id
         )
 
 

@@ -52,6 +52,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from memsdk.cache.base import CacheLookup, CacheObserver, CallGate, MetaCacheStats
 from memsdk.config import RedisSpec, parse_redis_url
 from memsdk.errors import ConfigError
+from memsdk.jsonshape import within_depth
 from memsdk.logs import RateLimitedLog
 from memsdk.store.base import MetaRecord
 
@@ -74,6 +75,10 @@ _MAX_VERSION: Final = 10**_VERSION_DIGITS - 1
 # Session ids are validated upstream; this only guards key construction (fullmatch: no
 # trailing newline, no braces that would change the hash tag).
 _SESSION_ID: Final = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_KEY_PREFIX: Final = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
+# The largest value a META can be: the item limit plus the version and epoch prefixes. A
+# larger reply is not ours: refused unread (a miss, and the key is dropped).
+_MAX_VALUE_BYTES: Final = 400 * 1024 + _VERSION_DIGITS + _EPOCH_DIGITS
 
 # The epoch: the replication id of the primary running the script. A replica takes a new
 # one when it is promoted, so a value stamped with another epoch was written before a
@@ -134,7 +139,8 @@ return 1
 """
 )
 
-# KEYS[1] = key; ARGV[1] = a lease token ('' for none), ARGV[2] = the lease's TTL in ms.
+# KEYS[1] = key; ARGV[1] = a lease token ('' for none), ARGV[2] = the lease's TTL in ms,
+# ARGV[3] = the largest value a META can be (a larger one is not ours: deleted unsent).
 # The value if it was stored in this primary's epoch (or is malformed: the caller drops it).
 # A miss otherwise: 1 if the key was absent and now holds our lease, 2 if it held another
 # primary's value and now holds our lease, 0 for such a value without a lease, nil for an
@@ -157,6 +163,10 @@ local function lease(granted)
 end
 local cur = redis.call('GET', KEYS[1])
 if not cur then
+  return lease(1)
+end
+if string.len(cur) > tonumber(ARGV[3]) then
+  redis.call('DEL', KEYS[1])
   return lease(1)
 end
 if string.sub(cur, 1, 1) == 'L' then
@@ -290,7 +300,11 @@ class _SharedLookupSentinel(Sentinel):
 
 
 class _DecodeError(Exception):
-    """A cached value that is not a version prefix plus a MetaRecord."""
+    """A cached value that is not a version prefix plus a MetaRecord of the key's session."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
 
 
 _BYPASSED: Final = object()
@@ -324,8 +338,14 @@ class RedisMetaCache:
         max_connections: int = 64,
         gate: CallGate | None = None,
         observer: CacheObserver | None = None,
+        key_prefix: str | None = None,
     ) -> None:
+        """`key_prefix`: this deployment's namespace in a Redis that others may share
+        (keys `memsdk:<prefix>:{<session_id>}:meta`); None: `memsdk:{<session_id>}:meta`."""
         self._spec: RedisSpec = parse_redis_url(url)
+        if key_prefix is not None and not _KEY_PREFIX.fullmatch(key_prefix):
+            raise ConfigError("key_prefix must be 1-64 characters of [A-Za-z0-9._:-]")
+        self._key_head = "memsdk:" if key_prefix is None else f"memsdk:{key_prefix}:"
         _check_positive("timeout", timeout)
         _check_positive("connect_timeout", connect_timeout)
         if isinstance(tombstone_ttl_seconds, bool) or not isinstance(tombstone_ttl_seconds, int):
@@ -467,7 +487,9 @@ class RedisMetaCache:
             self._fail_get("closed" if key is not None else "bad_session_id", None)
             return _MISS
         started = time.time_ns()
-        outcome = await self._send(client, lambda: _GET(client, key, token, _LEASE_MS))
+        outcome = await self._send(
+            client, lambda: _GET(client, key, token, _LEASE_MS, _MAX_VALUE_BYTES)
+        )
         if outcome is _BYPASSED:
             self._misses += 1
             self._tell("get", "bypassed", started, None)
@@ -489,10 +511,12 @@ class RedisMetaCache:
             return CacheLookup(None, token) if outcome in (1, 2) else _MISS
         raw = cast(bytes, outcome)
         try:
-            meta = _decode(raw)
-        except _DecodeError:
+            meta = _decode(raw, session_id)
+        except _DecodeError as exc:
+            # Not a META this cache wrote for this session (corrupt, hostile, another
+            # session's value copied onto this key): never served, never kept.
             await self._drop(client, key, raw)
-            self._fail_get("undecodable_value", None)
+            self._fail_get(exc.kind, None)
             self._tell("get", "error", started, None)
             return _MISS
         self._hits += 1
@@ -647,7 +671,7 @@ class RedisMetaCache:
 
     def _key(self, session_id: str) -> str | None:
         if isinstance(session_id, str) and _SESSION_ID.fullmatch(session_id):
-            return f"memsdk:{{{session_id}}}:meta"
+            return f"{self._key_head}{{{session_id}}}:meta"
         return None
 
     async def _drop(self, client: Redis | RedisCluster, key: str, raw: bytes) -> None:
@@ -707,18 +731,26 @@ def _encode(meta: MetaRecord) -> bytes:
         return prefix + _JSON_ENCODER.encode(meta)
 
 
-def _decode(raw: bytes) -> MetaRecord:
+def _decode(raw: bytes, session_id: str) -> MetaRecord:
+    """The MetaRecord of `session_id` that `raw` holds; _DecodeError for anything else."""
+    if not isinstance(raw, bytes) or len(raw) > _MAX_VALUE_BYTES:
+        raise _DecodeError("oversized_value")
     prefix = raw[:_VERSION_DIGITS]
     if len(prefix) != _VERSION_DIGITS or not prefix.isdigit():
-        raise _DecodeError
+        raise _DecodeError("undecodable_value")
     payload = raw[_VERSION_DIGITS + _EPOCH_DIGITS :]
     try:
         decoder = _JSON_DECODER if payload[:1] == b"{" else _DECODER
         meta = decoder.decode(payload)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise _DecodeError from exc
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+        # RecursionError: msgspec's answer to deeply nested input, not a DecodeError.
+        raise _DecodeError("undecodable_value") from exc
     if meta.version != int(prefix):
-        raise _DecodeError
+        raise _DecodeError("undecodable_value")
+    if meta.session_id != session_id:
+        raise _DecodeError("foreign_value")
+    if not (within_depth(meta.page_context) and within_depth(meta.attributes)):
+        raise _DecodeError("undecodable_value")  # deeper than memsdk ever writes
     return meta
 
 

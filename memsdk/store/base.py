@@ -26,10 +26,12 @@ import msgspec
 __all__ = [
     "CommitOutcome",
     "MetaRecord",
+    "MetaStamp",
     "SessionWrite",
     "Store",
     "SummaryRecord",
     "TurnRecord",
+    "stamp_of",
 ]
 
 
@@ -86,13 +88,42 @@ class MetaRecord(msgspec.Struct, frozen=True, kw_only=True):
     late_turns: bool = False
 
 
+class MetaStamp(msgspec.Struct, frozen=True, kw_only=True):
+    """What a conditional write requires of the stored META besides its version: who owns
+    the session, its incarnation and its turns.
+
+    A writer may plan on a META it did not read from the store (Redis, which anyone who can
+    write to it can forge): the version alone would let a forged owner, floor or count
+    become the base of a write and be persisted. With the stamp, a base that lies about
+    any of these fails the condition and the writer re-plans on the stored META.
+    """
+
+    customer_id: str | None
+    floor_turn_id: str
+    last_turn_id: str | None
+    turn_count: int
+    deleted: bool
+
+
+def stamp_of(meta: MetaRecord) -> MetaStamp:
+    """The stamp a write based on `meta` requires of the stored META."""
+    return MetaStamp(
+        customer_id=meta.customer_id,
+        floor_turn_id=meta.floor_turn_id,
+        last_turn_id=meta.last_turn_id,
+        turn_count=meta.turn_count,
+        deleted=meta.deleted,
+    )
+
+
 class SessionWrite(msgspec.Struct, frozen=True, kw_only=True):
     """One atomic, conditional write of a session: new TURN/SUMMARY items and the new META.
 
     Applied only if the stored META still matches the expectation: `expected_version` is
-    the version the writer based `meta` on, or None for "META is absent or expired at
-    `now_s`" (a new session or a new incarnation; a delete's tombstone is neither, so the
-    writer must plan on it). Nothing is written otherwise.
+    the version the writer based `meta` on, and `expected_stamp` the rest of that META's
+    identity (see MetaStamp); or both None for "META is absent or expired at `now_s`" (a
+    new session or a new incarnation; a delete's tombstone is neither, so the writer must
+    plan on it). Nothing is written otherwise.
     """
 
     meta: MetaRecord
@@ -100,6 +131,7 @@ class SessionWrite(msgspec.Struct, frozen=True, kw_only=True):
     now_s: int
     turns: list[TurnRecord] = []
     summary: SummaryRecord | None = None
+    expected_stamp: MetaStamp | None = None
 
 
 class CommitOutcome(msgspec.Struct, frozen=True, kw_only=True):

@@ -15,7 +15,7 @@ from typing import Any
 
 from memsdk.config import DynamoDBStoreSpec
 from memsdk.errors import StoreError, StoreUnavailableError
-from memsdk.store.base import CommitOutcome, MetaRecord, SessionWrite, TurnRecord
+from memsdk.store.base import CommitOutcome, MetaRecord, MetaStamp, SessionWrite, TurnRecord
 from memsdk.store.dynamodb_items import (
     META_SK,
     SUMMARY_PREFIX,
@@ -237,9 +237,7 @@ class DynamoDBStore:
             names = {"#exp": TTL_ATTRIBUTE}
             values = {":now": {"N": str(write.now_s)}}
         else:
-            condition = "#ver = :v"
-            names = {"#ver": "version"}
-            values = {":v": {"N": str(write.expected_version)}}
+            condition, names, values = _expectation(write.expected_version, write.expected_stamp)
         return {
             "Item": meta_to_item(write.meta),
             "ConditionExpression": condition,
@@ -386,3 +384,31 @@ class DynamoDBStore:
             session_id=session_id,
             maybe_applied=True,
         )
+
+
+def _expectation(
+    version: int, stamp: MetaStamp | None
+) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """The condition on META for a write planned on a META of `version` and `stamp`: the
+    version, and the owner, incarnation and turns it was planned on (see MetaStamp)."""
+    terms = ["#ver = :v"]
+    names = {"#ver": "version"}
+    values: dict[str, Any] = {":v": {"N": str(version)}}
+    if stamp is not None:
+        names.update({"#flo": "floor_turn_id", "#cnt": "turn_count"})
+        terms += ["#flo = :flo", "#cnt = :cnt"]
+        values.update({":flo": {"S": stamp.floor_turn_id}, ":cnt": {"N": str(stamp.turn_count)}})
+        # Optional attributes are absent rather than NULL (see meta_to_item).
+        for name, attr, value in (
+            ("#cus", "customer_id", stamp.customer_id),
+            ("#last", "last_turn_id", stamp.last_turn_id),
+        ):
+            names[name] = attr
+            if value is None:
+                terms.append(f"attribute_not_exists({name})")
+            else:
+                terms.append(f"{name} = :{attr}")
+                values[f":{attr}"] = {"S": value}
+        names["#del"] = "deleted"
+        terms.append("attribute_exists(#del)" if stamp.deleted else "attribute_not_exists(#del)")
+    return " AND ".join(terms), names, values

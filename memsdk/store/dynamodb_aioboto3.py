@@ -46,6 +46,7 @@ from memsdk.store.dynamodb_path import (
     DynamoDBCallError,
     classify,
     to_store_error,
+    wire_code,
 )
 
 __all__ = ["Aioboto3DataPath", "create_table"]
@@ -421,7 +422,8 @@ async def _wait_active(client: Any, table: str, guard: Callable[[str], _Guard]) 
         if loop.time() > deadline:
             raise StoreUnavailableError(
                 f"DynamoDB table {table!r} is not ACTIVE after "
-                f"{_CREATE_TABLE_ACTIVE_TIMEOUT_S:.0f} s (status {desc.get('TableStatus')}); "
+                f"{_CREATE_TABLE_ACTIVE_TIMEOUT_S:.0f} s "
+                f"(status {wire_code(str(desc.get('TableStatus')))}); "
                 "run create-table again later"
             )
         await asyncio.sleep(delay)
@@ -438,7 +440,8 @@ async def _ensure_ttl(client: Any, table: str, guard: Callable[[str], _Guard]) -
         if attribute == TTL_ATTRIBUTE:
             return
         raise StoreError(
-            f"DynamoDB table {table!r} has TTL on attribute {attribute!r}; memsdk needs it on "
+            f"DynamoDB table {table!r} has TTL on attribute {wire_code(str(attribute))!r}; "
+            "memsdk needs it on "
             f"{TTL_ATTRIBUTE!r}: disable TTL on the table or use another table"
         )
     with guard("UpdateTimeToLive"):

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from memsdk.errors import StoreError
+from memsdk.jsonshape import within_depth
 from memsdk.store.base import MetaRecord, SummaryRecord, TurnRecord
 
 __all__ = [
@@ -386,6 +387,11 @@ def _int(value: N, name: str, session_id: str) -> int:
 
 def _json_dict(value: S, name: str, session_id: str) -> dict[str, Any]:
     try:
-        return _dict_decoder.decode(value.S)
-    except msgspec.DecodeError:
+        decoded = _dict_decoder.decode(value.S)
+    except (msgspec.DecodeError, RecursionError):  # deep nesting is RecursionError, not ours
         raise _store_error("item", f"attribute {name!r} is not a JSON object", session_id) from None
+    if not within_depth(decoded):
+        raise _store_error(
+            "item", f"attribute {name!r} nests deeper than memsdk writes", session_id
+        )
+    return decoded

@@ -104,8 +104,9 @@ def _call_error(operation: str, status: int, body: bytes) -> DynamoDBCallError:
     """DynamoDB's error reply as a DynamoDBCallError; an unreadable body is judged by status."""
     try:
         parsed = _ERROR_DECODER.decode(body)
-    except msgspec.DecodeError:
-        # A proxy or load balancer page (HTML, empty) rather than DynamoDB's JSON.
+    except (msgspec.DecodeError, RecursionError):
+        # A proxy or load balancer page (HTML, empty) rather than DynamoDB's JSON, or a
+        # body nested too deeply to be one (msgspec raises RecursionError for that).
         return DynamoDBCallError(
             operation=operation, code=f"HTTP{status}", message="", status=status
         )
@@ -296,10 +297,11 @@ class LeanDataPath:
             ) from exc
         try:
             return self._decoder(response_type).decode(reply)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
+            where = _where(exc) if isinstance(exc, msgspec.DecodeError) else " (nested too deeply)"
             raise StoreError(
                 f"DynamoDB {operation} on table {table!r} answered with a reply that does not "
-                f"decode as {response_type.__name__}{_where(exc)}",
+                f"decode as {response_type.__name__}{where}",
                 session_id=session_id,
             ) from None
 

@@ -19,10 +19,15 @@ Error contract of `call`, identical for both paths:
   timeout): StoreUnavailableError, `maybe_applied` set when a write may have landed;
 - anything else (validation, auth, missing table, no credentials): StoreError;
 - asyncio.CancelledError and TimeoutError propagate untouched (the caller's deadline).
+
+What the endpoint answers is not trusted: DynamoDBCallError keeps only a filtered, capped
+copy of an error's code, message and cancellation reasons (`wire_code`, `wire_text`), so an
+endpoint cannot write escape sequences or megabytes into memsdk's errors and logs.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
@@ -38,6 +43,8 @@ __all__ = [
     "classify",
     "error_code_from_type",
     "to_store_error",
+    "wire_code",
+    "wire_text",
 ]
 
 T = TypeVar("T")
@@ -89,6 +96,38 @@ _AUTH = frozenset(
 )
 _RETRYABLE: frozenset[ErrorKind] = frozenset({"throttling", "server", "conflict"})
 
+# DynamoDB's codes are short identifiers (the longest is under 50 characters); its messages
+# are a sentence. Anything else an endpoint sends is replaced with '?': a mangled code then
+# matches no known code, instead of being cleaned into one.
+_CODE_MAX = 64
+_TEXT_MAX = 256
+_NOT_CODE = re.compile(r"[^A-Za-z0-9#._:\-]")
+_NOT_TEXT = re.compile(r"[^\x20-\x7e]")
+
+
+def wire_code(value: str) -> str:
+    """An error code from the wire, safe to print: [A-Za-z0-9#._:-], '?' for anything else,
+    at most 64 characters."""
+    return _cap(_NOT_CODE.sub("?", value[: _CODE_MAX + 1]), _CODE_MAX)
+
+
+def wire_text(value: str) -> str:
+    """An error message from the wire, safe to print: printable ASCII, '?' for anything
+    else, at most 256 characters."""
+    return _cap(_NOT_TEXT.sub("?", value[: _TEXT_MAX + 1]), _TEXT_MAX)
+
+
+def _cap(value: str, limit: int) -> str:
+    return value if len(value) <= limit else value[: limit - 3] + "..."
+
+
+def _safe_reason(reason: CancellationReason) -> CancellationReason:
+    return msgspec.structs.replace(
+        reason,
+        Code=None if reason.Code is None else wire_code(reason.Code),
+        Message=None if reason.Message is None else wire_text(reason.Message),
+    )
+
 
 def error_code_from_type(type_field: str) -> str:
     """'com.amazonaws.dynamodb.v20120810#ThrottlingException' -> 'ThrottlingException'."""
@@ -125,7 +164,11 @@ class CancellationReason(msgspec.Struct, frozen=True):
 
 
 class DynamoDBCallError(Exception):
-    """An error DynamoDB answered with, parsed from its body; `kind` drives every decision."""
+    """An error DynamoDB answered with, parsed from its body; `kind` drives every decision.
+
+    `code`, `message` and each reason's Code and Message are kept filtered and capped
+    (`wire_code`, `wire_text`): they end up in messages and logs.
+    """
 
     def __init__(
         self,
@@ -137,14 +180,15 @@ class DynamoDBCallError(Exception):
         item: dict[str, Any] | None = None,
         reasons: list[CancellationReason] | None = None,
     ) -> None:
+        code = wire_code(code)
         super().__init__(f"{operation}: {code}")
         self.operation = operation
         self.code = code
-        self.message = message
+        self.message = wire_text(message)
         self.status = status
         self.kind: ErrorKind = classify(code, status)
         self.item = item
-        self.reasons = reasons or []
+        self.reasons = [_safe_reason(reason) for reason in reasons or []]
         # Set by the data path: an earlier attempt of this call may have been applied.
         self.maybe_applied = False
 

@@ -5,15 +5,24 @@ disk, and one thread serialises this process's transactions, so it never contend
 itself (other processes may still hold the lock: that is what busy_timeout is for). The
 price: while a write waits up to busy_timeout for another process's lock, this process's
 reads queue behind it.
+
+Trust: the database file and its -wal/-shm companions are refused (StoreError at open) when
+one is a symbolic link, is owned by another user or is writable by group/others: whoever can
+write them can forge any session, owner included. One readable by others is only warned
+about (without its path). A stored body that does not decode as a memsdk record, whatever
+the bytes, is a StoreError too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
+import logging
 import os
 import sqlite3
+import stat
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
@@ -21,9 +30,19 @@ from typing import TypeVar
 import msgspec
 
 from memsdk.errors import StoreError, StoreUnavailableError
-from memsdk.store.base import CommitOutcome, MetaRecord, SessionWrite, SummaryRecord, TurnRecord
+from memsdk.jsonshape import within_depth
+from memsdk.store.base import (
+    CommitOutcome,
+    MetaRecord,
+    SessionWrite,
+    SummaryRecord,
+    TurnRecord,
+    stamp_of,
+)
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
+logger = logging.getLogger(__name__)
 
 # Stored in PRAGMA user_version so that a future migration can tell what it opens.
 SCHEMA_VERSION = 1
@@ -57,8 +76,15 @@ _meta_decoder = msgspec.json.Decoder(type=MetaRecord)
 _turn_decoder = msgspec.json.Decoder(type=TurnRecord)
 
 _T = TypeVar("_T")
+_D = TypeVar("_D", MetaRecord, TurnRecord)
+
+
+class _UndecodableItemError(Exception):
+    """A stored body is not a valid memsdk record; the message says where, never what."""
+
+
 # The only exceptions the worker thread may raise besides StoreError; all are translated.
-_FOREIGN_ERRORS = (sqlite3.Error, OSError, msgspec.MsgspecError)
+_FOREIGN_ERRORS = (sqlite3.Error, OSError, _UndecodableItemError)
 
 
 class SQLiteStore:
@@ -182,10 +208,11 @@ def _translate(exc: BaseException, action: str, session_id: str | None) -> Store
             " and its directory (permissions, free disk space)",
             session_id=session_id,
         )
-    # What remains is msgspec failing to decode a stored body (encoding is checked earlier).
+    # What remains is a stored body that does not decode (encoding is checked earlier).
     return StoreError(
         f"sqlite store could not {action}: a stored item is not a valid memsdk record"
-        f" ({exc}); the database is corrupt or was written by a newer memsdk",
+        f" ({exc}); the database is corrupt, was changed by something other than memsdk,"
+        " or was written by a newer memsdk",
         session_id=session_id,
     )
 
@@ -203,18 +230,31 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 
 def _connect(path: str) -> sqlite3.Connection:
-    if path != ":memory:":
-        _create_private_file(path)
+    on_disk = path != ":memory:"
+    readable = False  # by group or others: warned about once the checks passed
+    if on_disk:
+        readable = _create_private_file(path)
+        readable |= _check_companions(path)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         _prepare(conn)
+        if on_disk:
+            # WAL mode has now created the -wal and -shm files: check what sqlite opened.
+            readable |= _check_companions(path)
     except BaseException:
         conn.close()
         raise
+    if readable:
+        # Not refused: nobody else can change the files. But conversations are private.
+        logger.warning(
+            "sqlite store: the database (or its -wal/-shm file) is readable by group or "
+            "others; chmod 600 it (conversations are private)"
+        )
     return conn
 
 
-def _create_private_file(path: str) -> None:
+def _create_private_file(path: str) -> bool:
+    """Create the file 0600 if absent, check it; True if others can read it."""
     directory = os.path.dirname(path) or "."
     if not os.path.isdir(directory):
         raise StoreError(
@@ -222,8 +262,53 @@ def _create_private_file(path: str) -> None:
             " (memsdk does not create directories)"
         )
     # Created here rather than by sqlite so that the file is private from its first byte;
-    # sqlite gives the -wal and -shm files the same mode. An existing file keeps its mode.
-    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    # sqlite gives the -wal and -shm files the same mode. An existing file keeps its mode,
+    # and is checked on the opened descriptor, never through a symbolic link.
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _untrusted("the database file", "is a symbolic link") from None
+        raise
+    try:
+        return _check_trusted(os.fstat(fd), "the database file")
+    finally:
+        os.close(fd)
+
+
+def _check_companions(path: str) -> bool:
+    """Check the -wal and -shm files that exist; True if others can read one."""
+    readable = False
+    for suffix in ("-wal", "-shm"):
+        try:
+            st = os.lstat(path + suffix)
+        except FileNotFoundError:
+            continue
+        readable |= _check_trusted(st, f"the database's {suffix} file")
+    return readable
+
+
+def _check_trusted(st: os.stat_result, what: str) -> bool:
+    """StoreError unless `st` is a regular file of this user that no other user can write;
+    True if group or others can read it."""
+    if stat.S_ISLNK(st.st_mode):
+        raise _untrusted(what, "is a symbolic link")
+    if not stat.S_ISREG(st.st_mode):
+        raise _untrusted(what, "is not a regular file")
+    if st.st_uid != os.geteuid():
+        raise _untrusted(what, f"is owned by another user (uid {st.st_uid})")
+    if st.st_mode & 0o022:
+        raise _untrusted(what, "is writable by group or others")
+    return bool(st.st_mode & 0o044)
+
+
+def _untrusted(what: str, problem: str) -> StoreError:
+    # Whoever can write the file (or change a link) can forge any session, owner included.
+    return StoreError(
+        f"sqlite store refuses to open: {what} {problem}; it must be a regular file owned by"
+        f" this process's user (uid {os.geteuid()}) that only that user can write (chmod 600),"
+        " in a directory no other user can write"
+    )
 
 
 def _prepare(conn: sqlite3.Connection) -> None:
@@ -274,9 +359,40 @@ def _pk(session_id: str) -> str:
     return "SESSION#" + session_id
 
 
+def _decode(decoder: msgspec.json.Decoder[_D], body: object) -> _D:
+    """Decode a stored body, or raise _UndecodableItemError whatever is wrong with it."""
+    # The bytes at rest may be anything (a bug, a disk, another program): deep nesting
+    # raises RecursionError, a number or NULL in the column TypeError. None may escape.
+    try:
+        record = decoder.decode(body)  # type: ignore[arg-type]  # the column may hold anything
+    except msgspec.ValidationError as exc:
+        raise _UndecodableItemError(f"wrong shape{_where(exc)}") from None
+    except msgspec.DecodeError:
+        raise _UndecodableItemError("not JSON") from None
+    except RecursionError:
+        raise _UndecodableItemError("nested too deeply") from None
+    except Exception as exc:
+        raise _UndecodableItemError(f"{type(exc).__name__}") from None
+    # Deeper than memsdk ever writes, within msgspec's own limit: not ours either.
+    if not all(within_depth(getattr(record, name, None)) for name in _JSON_FIELDS):
+        raise _UndecodableItemError("nested too deeply")
+    return record
+
+
+# The fields of stored records that hold caller JSON.
+_JSON_FIELDS = ("attributes", "page_context")
+
+
+def _where(exc: msgspec.ValidationError) -> str:
+    # msgspec ends its messages with " - at `$.path`": keep the path, drop the rest, which
+    # may quote a stored value (user content).
+    _, sep, path = str(exc).rpartition(" - at ")
+    return f" at {path}" if sep else ""
+
+
 def _read_meta(conn: sqlite3.Connection, pk: str) -> MetaRecord | None:
     row = conn.execute("SELECT body FROM items WHERE pk = ? AND sk = ?", (pk, _META_SK)).fetchone()
-    return None if row is None else _meta_decoder.decode(row[0])
+    return None if row is None else _decode(_meta_decoder, row[0])
 
 
 def _get_meta_sync(conn: sqlite3.Connection, *, session_id: str) -> MetaRecord | None:
@@ -292,14 +408,18 @@ def _query_turns_sync(
         # A negative LIMIT means "no limit" to sqlite: clamp so it means "nothing" instead.
         (_pk(session_id), _TURN_PREFIX, upper, max(limit, 0)),
     ).fetchall()
-    return [_turn_decoder.decode(body) for (body,) in rows]
+    return [_decode(_turn_decoder, body) for (body,) in rows]
 
 
 def _expectation_holds(current: MetaRecord | None, write: SessionWrite) -> bool:
     if write.expected_version is None:
         # A delete's tombstone (kept, unexpired) refuses this: see plan_delete.
         return current is None or current.expires_at <= write.now_s
-    return current is not None and current.version == write.expected_version
+    return (
+        current is not None
+        and current.version == write.expected_version
+        and (write.expected_stamp is None or stamp_of(current) == write.expected_stamp)
+    )
 
 
 def _encode(record: MetaRecord | TurnRecord | SummaryRecord, write: SessionWrite) -> bytes:
@@ -339,7 +459,7 @@ def _commit_sync(conn: sqlite3.Connection, *, write: SessionWrite) -> CommitOutc
                 continue
             # Compared as decoded records, so a JSON round trip of our own turn (a tuple
             # becoming a list, key order) does not count as different content.
-            if _turn_decoder.decode(row[0]) != _turn_decoder.decode(body):
+            if _decode(_turn_decoder, row[0]) != _decode(_turn_decoder, body):
                 raise StoreError(
                     f"turn id {sk[len(_TURN_PREFIX) :]} already exists with different content;"
                     " turn ids must be unique: this is a memsdk bug, please report it",

@@ -7,6 +7,11 @@ Directory (0700, files 0600):
     wal-{first_lsn:020d}.seg  segments, oldest first
     quarantine/               copies of segments found corrupt mid-file, for an operator
 
+Trust: the directory and its subdirectories must be real directories (not symbolic links)
+owned by this process's user and writable by nobody else; files in them are opened without
+following symbolic links. Anyone else who can write there could plant records (with any
+customer_id) or point a file at one of this user's files (see `ensure_private_dir`).
+
 Segment: 20-byte header = b"MSDKWAL1" + 8 random salt bytes + crc32 of those 16 bytes (a
 damaged salt would otherwise make every frame look torn), then frames. Frame:
     struct "<IIBQ": payload length, crc32, type (1=APPEND, 2=CONFIRM), lsn; then the payload
@@ -40,6 +45,7 @@ import fcntl
 import logging
 import os
 import re
+import stat
 import struct
 import time
 import zlib
@@ -50,6 +56,7 @@ from dataclasses import dataclass, field
 from memsdk.errors import ConfigError
 
 __all__ = [
+    "OPEN_NOFOLLOW",
     "FileOps",
     "PendingRecord",
     "QuarantinedSegment",
@@ -62,7 +69,9 @@ __all__ = [
     "WalSnapshot",
     "WalStats",
     "WriteAheadLog",
+    "ensure_private_dir",
     "inspect_wal",
+    "open_nofollow",
 ]
 
 logger = logging.getLogger("memsdk.wal")
@@ -81,6 +90,10 @@ _MAX_LSN = 0xFFFF_FFFF_FFFF_FFFF
 _SEGMENT_NAME = re.compile(r"wal-(\d{20})\.seg")
 _LOCK_NAME = "LOCK"
 _QUARANTINE = "quarantine"
+# Every file of the log is opened with these: a symbolic link planted under a file's name
+# is refused rather than followed, and no descriptor leaks into a child process.
+OPEN_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+_PID = re.compile(r"[0-9]{1,10}")
 
 
 class WalError(Exception):
@@ -602,7 +615,7 @@ class WriteAheadLog:
         self._ops.fsync(fd)
 
     def _fsync_dir(self) -> None:
-        fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY | OPEN_NOFOLLOW)
         try:
             self._fsync(fd)
         finally:
@@ -621,7 +634,7 @@ class WriteAheadLog:
         name = f"wal-{first_lsn:020d}.seg"
         path = os.path.join(self._dir, name)
         salt = os.urandom(8)
-        fd = self._ops.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = self._ops.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | OPEN_NOFOLLOW, 0o600)
         try:
             self._write_all(fd, _segment_header(salt))
             self._fsync(fd)
@@ -760,14 +773,67 @@ def _errno_name(exc: OSError) -> str:
 # ---------------------------------------------------------------- directory, lock, recovery
 
 
-def _ensure_dir(path: str) -> None:
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    if os.stat(path).st_mode & 0o777 != 0o700:
-        os.chmod(path, 0o700)
+def ensure_private_dir(path: str, what: str) -> None:
+    """Create `path` 0700 if absent; ConfigError unless it is then a real directory owned by
+    this process's user that no other user can write. Read bits of others are removed.
+
+    `what` names the directory in messages ("wal_dir", "wal_dir/quarantine"): never a path.
+    """
+    with contextlib.suppress(FileExistsError):  # not a directory: described below
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    # Checked on the opened directory, not on its name: the name cannot be swapped for
+    # another directory between the check and the chmod.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | OPEN_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        if stat.S_ISLNK(os.lstat(path).st_mode):
+            raise ConfigError(
+                f"{what} is a symbolic link: memsdk never follows links there, since whoever "
+                "can change the link chooses the files; name the real directory instead"
+            ) from None
+        raise ConfigError(
+            f"{what} is not a directory: remove it or choose another wal_dir"
+        ) from None
+    try:
+        st = os.fstat(fd)
+        euid = os.geteuid()
+        if st.st_uid != euid:
+            raise ConfigError(
+                f"{what} is owned by another user (uid {st.st_uid}, this process runs as uid "
+                f"{euid}): that user could plant or change records; chown it to uid {euid} "
+                "or choose a directory of this user"
+            )
+        if st.st_mode & 0o022:
+            raise ConfigError(
+                f"{what} is writable by group or others: another user could have planted or "
+                "changed records in it; check its files, then chmod 700 it (or start from a "
+                "new directory, which memsdk creates 0700)"
+            )
+        # Nobody else could write into it, so its files are this user's: tightening it is
+        # safe, and keeps the names of its files private.
+        if stat.S_IMODE(st.st_mode) != 0o700:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
+def open_nofollow(path: str, flags: int, what: str) -> int:
+    """os.open(path, flags, 0o600) without following a symbolic link; ConfigError if it is one."""
+    try:
+        return os.open(path, flags | OPEN_NOFOLLOW, 0o600)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise ConfigError(
+            f"{what} is a symbolic link: memsdk never follows links in wal_dir (one could "
+            "point at any file of this user); check where it points, then remove it"
+        ) from None
 
 
 def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | OPEN_NOFOLLOW)
     try:
         os.fsync(fd)
     finally:
@@ -775,11 +841,14 @@ def _fsync_path(path: str) -> None:
 
 
 def _acquire_lock(wal_dir: str) -> int:
-    fd = os.open(os.path.join(wal_dir, _LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+    path = os.path.join(wal_dir, _LOCK_NAME)
+    fd = open_nofollow(path, os.O_RDWR | os.O_CREAT, "wal_dir/LOCK")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        # The holder wrote LOCK: print what it says only if it is a pid, never other text.
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        owner = text if _PID.fullmatch(text) else "unknown"
         os.close(fd)
         raise ConfigError(
             f"wal_dir is in use by another process (pid {owner}): give each process its own wal_dir"
@@ -809,7 +878,8 @@ def _segment_header(salt: bytes) -> bytes:
 
 
 def _read_file(path: str) -> bytes:
-    with open(path, "rb") as file:
+    fd = open_nofollow(path, os.O_RDONLY, "a segment in wal_dir")
+    with open(fd, "rb") as file:
         return file.read()
 
 
@@ -877,7 +947,7 @@ def _quarantine_target(wal_dir: str, name: str) -> str:
     quarantine = os.path.join(wal_dir, _QUARANTINE)
     target = os.path.join(quarantine, name)
     n = 1
-    while os.path.exists(target):
+    while os.path.lexists(target):
         target = os.path.join(quarantine, f"{name}.{n}")
         n += 1
     return target
@@ -894,7 +964,10 @@ def _quarantine_copy_and_cut(wal_dir: str, name: str, buf: bytes, good_end: int)
     # they are still durable until the client confirms them.
     target = _quarantine_target(wal_dir, name)
     tmp = target + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A leftover of a crash (or anything planted under its name) goes: the copy is a new file.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, "a quarantine copy")
     try:
         view = memoryview(buf)
         while view:
@@ -908,7 +981,7 @@ def _quarantine_copy_and_cut(wal_dir: str, name: str, buf: bytes, good_end: int)
 
 
 def _truncate(path: str, size: int) -> None:
-    fd = os.open(path, os.O_RDWR)
+    fd = open_nofollow(path, os.O_RDWR, "a segment in wal_dir")
     try:
         os.ftruncate(fd, size)
         os.fsync(fd)
@@ -919,8 +992,8 @@ def _truncate(path: str, size: int) -> None:
 def _open_sync(wal_dir: str) -> _Opened:
     wal_dir = os.path.abspath(wal_dir)
     try:
-        _ensure_dir(wal_dir)
-        _ensure_dir(os.path.join(wal_dir, _QUARANTINE))
+        ensure_private_dir(wal_dir, "wal_dir")
+        ensure_private_dir(os.path.join(wal_dir, _QUARANTINE), "wal_dir/quarantine")
         lock_fd = _acquire_lock(wal_dir)
     except OSError as exc:
         raise ConfigError(

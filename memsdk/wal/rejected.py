@@ -3,16 +3,19 @@
 Never silent (guarantee 11): each set-aside append is one JSON line in
 `rejected/rejected.jsonl` with the reason, the time and the WAL record as it was, written
 and fsync'd before the log confirms the record (a crash in between writes it again: at
-least once, never lost). The file holds conversation content: 0600, in a 0700 directory.
+least once, never lost). The file holds conversation content: 0600, in a 0700 directory
+that must be this user's and writable by nobody else; the file is never reached through a
+symbolic link (see memsdk.wal.log.ensure_private_dir).
 """
 
 from __future__ import annotations
 
 import base64
 import os
-from pathlib import Path
 
 import msgspec
+
+from memsdk.wal.log import ensure_private_dir, open_nofollow
 
 __all__ = ["rejected_line", "write_rejected"]
 
@@ -41,10 +44,15 @@ def rejected_line(reason: str, now_ms: int, payload: bytes) -> bytes:
 
 def write_rejected(wal_dir: str, lines: list[bytes]) -> None:
     """Append lines to rejected/rejected.jsonl (0600, fsync'd) before the log confirms them:
-    a crash in between writes them again (at least once), never loses them."""
-    folder = Path(wal_dir) / "rejected"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    fd = os.open(folder / "rejected.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    a crash in between writes them again (at least once), never loses them. ConfigError if
+    rejected/ or the file cannot be trusted (another owner, writable by others, a link)."""
+    folder = os.path.join(wal_dir, "rejected")
+    ensure_private_dir(folder, "wal_dir/rejected")
+    fd = open_nofollow(
+        os.path.join(folder, "rejected.jsonl"),
+        os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+        "wal_dir/rejected/rejected.jsonl",
+    )
     try:
         os.write(fd, b"".join(line + b"\n" for line in lines))
         os.fsync(fd)

@@ -97,10 +97,15 @@ async def test_a_redis_call_deadline_holds_while_the_server_hangs(
     redis_server: RedisServer, kind: str
 ) -> None:
     """The cache's own budget bounds a call on a server that accepts and never answers."""
+    patient = RedisMetaCache(redis_server.url, timeout=10.0, connect_timeout=10.0)
+    await patient.open()
+    try:
+        assert await patient.put(_meta("s", 1), now_s=NOW)  # setup: never a timeout
+    finally:
+        await patient.aclose()
     cache = RedisMetaCache(redis_server.url, timeout=0.2, connect_timeout=0.2)
     await cache.open()
     try:
-        assert await cache.put(_meta("s", 1), now_s=NOW)
         redis_server.pause()  # SIGSTOP: connections stay open, nothing answers
         try:
             loop = asyncio.get_running_loop()

@@ -32,17 +32,26 @@ from tests.harness.redis_server import (
 )
 
 NOW = 1_900_000_000
+# For tests about what Redis holds, not how fast it answers: a busy 2-core machine can
+# stall this process for seconds, and a Redis call that times out then is a miss.
+# One key namespace for the caches and the clients below, so that key() names both.
+PREFIX = "sentinel-test"
+PATIENT: dict[str, Any] = {"timeout": 10.0, "connect_timeout": 10.0, "key_prefix": PREFIX}
+PATIENT_CLIENT: dict[str, Any] = {"redis_timeout": 5.0}
+# What a stall of this process may add to a time it measures (the failover tests).
+STALL_S = 2.0
 
 
 def key(session_id: str) -> str:
-    """The key RedisMetaCache uses."""
-    return f"memsdk:{{{session_id}}}:meta"
+    """The key RedisMetaCache and the clients below use."""
+    return f"memsdk:{PREFIX}:{{{session_id}}}:meta"
 
 
 def stored_version(node: RedisServer, session_id: str) -> int | None:
-    """The META version a data node holds for the session (the value's digit prefix)."""
+    """The META version a data node holds for the session (the value's digit prefix); None
+    if it holds none, or a reader's lease (`L` + token) until that reader's fill lands."""
     raw = node.command("GET", key(session_id))
-    return None if raw is None else int(raw[:20])
+    return None if raw is None or raw.startswith(b"L") else int(raw[:20])
 
 
 def replid(node: RedisServer) -> bytes:
@@ -72,6 +81,7 @@ async def clients(
     settings: dict[str, Any] = {
         "store": f"sqlite:///{tmp_path / 'memory.db'}",
         "redis_url": url,
+        "redis_key_prefix": PREFIX,
         # Generous: these tests judge staleness and Redis behaviour, not the store's speed.
         "read_timeout": 5.0,
         "write_timeout": 5.0,
@@ -95,7 +105,7 @@ async def clients(
 async def test_memory_client_through_sentinel_end_to_end(
     group: RedisSentinelGroup, tmp_path: Path
 ) -> None:
-    async with clients(tmp_path, group.url, 2) as (a, b):
+    async with clients(tmp_path, group.url, 2, **PATIENT_CLIENT) as (a, b):
         await a.append_turns("s", [user("q1"), Turn(role="assistant", content="a1")])
         first = await b.load_context("s")
         assert [t.content for t in first.turns] == ["q1", "a1"]
@@ -103,21 +113,24 @@ async def test_memory_client_through_sentinel_end_to_end(
         assert warm.source == "l1+redis" and warm.turns == first.turns
         await a.append_turn("s", user("q2"))
         ctx = await b.load_context("s")
-        assert [t.content for t in ctx.turns] == ["q1", "a1", "q2"] and ctx.source == "redis"
+        # Redis's newer META only tells that the L1 window is behind: META and turns come
+        # from the store (Redis never decides on its own which turns a session has).
+        assert [t.content for t in ctx.turns] == ["q1", "a1", "q2"] and ctx.source == "store"
         health = b.health()
         assert health.redis == "redis-sentinel" and health.redis_breaker == "closed"
         assert health.redis_hits >= 2 and health.redis_errors == 0
     primary = group.primary
     raw = primary.command("GET", key("s"))
     assert raw[20:60] == replid(primary)  # stamped with the primary's epoch
-    assert group.replica.command("GET", key("s")) is not None  # replicated
+    group.wait_replicated()  # asynchronous: a busy machine may take a while
+    assert group.replica.command("GET", key("s")) == raw
 
 
 async def test_database_number_and_password_reach_the_primary() -> None:
     grp = RedisSentinelGroup().start(requirepass="pw-of-the-primary")
     try:
         url = grp.url.replace("redis+sentinel://", "redis+sentinel://:pw-of-the-primary@")
-        cache = RedisMetaCache(f"{url}?db=3", timeout=0.5, connect_timeout=0.5)
+        cache = RedisMetaCache(f"{url}?db=3", **PATIENT)
         await cache.open()
         try:
             assert cache.description == "redis-sentinel"
@@ -156,7 +169,7 @@ async def test_rediss_sentinel_speaks_tls_to_sentinels_and_primary(
         )
         monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))  # the private CA
         url = f"rediss+sentinel://127.0.0.1:{sentinel_tls}/tls-svc"
-        cache = RedisMetaCache(url, timeout=1.0, connect_timeout=1.0)
+        cache = RedisMetaCache(url, **PATIENT)
         await cache.open()
         try:
             assert await cache.put(meta_record("s", 1), now_s=NOW)
@@ -202,7 +215,7 @@ async def test_a_demoted_primary_is_never_read_and_the_client_reconnects(
     group: RedisSentinelGroup,
 ) -> None:
     """READONLY: a pooled connection that now reaches a replica is dropped, never trusted."""
-    cache = RedisMetaCache(group.url, timeout=0.5, connect_timeout=0.5)
+    cache = RedisMetaCache(group.url, **PATIENT)
     await cache.open()
     try:
         primary, replica = group.primary, group.replica
@@ -244,7 +257,7 @@ async def test_a_lost_acknowledged_set_is_never_served_after_failover(
     group: RedisSentinelGroup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The replica misses the newest META, the primary dies, the replica is promoted."""
-    async with clients(tmp_path, group.url, 3) as (writer, reader, unguarded):
+    async with clients(tmp_path, group.url, 3, **PATIENT_CLIENT) as (writer, reader, unguarded):
         await writer.append_turn("s", user("t1"))
         group.wait_replicated()
         for mem in (reader, unguarded):  # their L1 windows: [t1], stamped with META v1
@@ -271,8 +284,10 @@ async def test_a_lost_acknowledged_set_is_never_served_after_failover(
         ctx = await reader.load_context("s")
         assert [t.content for t in ctx.turns] == ["t1", "t2"] and ctx.source == "store"
         # The read re-stamped the store's META in the new epoch: warm again from now on.
-        await asyncio.sleep(0.2)  # the read-through fill runs in the background
-        assert stored_version(new, "s") == acked
+        deadline = time.monotonic() + 10
+        while stored_version(new, "s") != acked:  # the read-through fill runs in the background
+            assert time.monotonic() < deadline, stored_version(new, "s")
+            await asyncio.sleep(0.02)
         again = await reader.load_context("s")
         assert again.source == "l1+redis" and again.turns == ctx.turns
 
@@ -402,11 +417,11 @@ async def test_kill_primary_under_load(group: RedisSentinelGroup, tmp_path: Path
     assert run.violations == []
     assert run.appends > 100 and run.reads > 100
     # Both clients use Redis again without a restart, within the failover (down-after +
-    # election + promotion) + the breaker's longest open period + slack for a busy machine.
-    assert max(run.recovered.values()) < run.failovers[-1] + 1.0 + 2.0, run.summary()
+    # election + promotion) + the breaker's longest open period.
+    assert max(run.recovered.values()) < run.failovers[-1] + 1.0 + STALL_S, run.summary()
     # A read waits for Redis at most one call budget (connect + timeout = 0.3 s) before it
-    # falls back to the store; the slack absorbs a busy 2-core machine.
-    assert max(run.latencies) < 1.0, run.summary()
+    # falls back to the store.
+    assert max(run.latencies) < 0.3 + STALL_S, run.summary()
 
 
 @pytest.mark.long
@@ -416,7 +431,7 @@ async def test_kill_primary_under_load_three_times(
     """The full-length run, with the default breaker: each node is killed in turn."""
     run = await run_kill_primary(group, tmp_path, kills=3, settle_s=5.0)
     assert run.violations == []
-    assert max(run.latencies) < 1.0, run.summary()
+    assert max(run.latencies) < 0.3 + STALL_S, run.summary()
 
 
 # --- a partition: the old primary is cut off, its clients are not -------------------------
@@ -432,13 +447,13 @@ async def partitioned(tmp_path: Path, **server_config: Any) -> tuple[list[str], 
     """
     group = RedisSentinelGroup().start(replicas=2, **server_config)
     try:
-        async with clients(tmp_path, group.url, 1) as (writer,):
+        async with clients(tmp_path, group.url, 1, **PATIENT_CLIENT) as (writer,):
             await writer.append_turn("s", user("t1"))
             group.wait_replicated()
             old = group.partition_primary()
             await asyncio.to_thread(group.wait_for_new_primary, old.port)
             await asyncio.to_thread(group.wait_replicated)  # the other replica follows it
-            async with clients(tmp_path, group.url, 1) as (late,):
+            async with clients(tmp_path, group.url, 1, **PATIENT_CLIENT) as (late,):
                 assert len((await late.load_context("s")).turns) == 1  # its L1 window: [t1]
                 await late.append_turn("s", user("t2"))  # through to the new primary
                 assert (await late.load_context("s")).source == "l1+redis"
@@ -463,5 +478,6 @@ async def test_partition_with_min_replicas_fences_the_old_primary(tmp_path: Path
     """min-replicas-to-write 1 (lag 1 s): the old primary answers READONLY once its replicas
     are gone; the writer's write-through follows the Sentinels to the new primary at once."""
     turns, source = await partitioned(tmp_path, min_replicas_to_write=1, min_replicas_max_lag=1)
-    # "redis": the new primary held t3's META (newer than the late client's L1 window).
-    assert turns == ["t1", "t2", "t3"] and source == "redis"
+    # "store": the new primary held t3's META, newer than the late client's L1 window, so
+    # that window was read again from the store.
+    assert turns == ["t1", "t2", "t3"] and source == "store"

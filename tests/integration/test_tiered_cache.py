@@ -17,13 +17,17 @@ from hypothesis import strategies as st
 
 from memsdk import MemoryClient, Turn
 from memsdk.cache.redis import RedisMetaCache
-from memsdk.client import build_store
+from memsdk.client import build_store, redis_namespace
 from memsdk.config import Config
 from memsdk.errors import StoreUnavailableError
 from memsdk.store.base import MetaRecord
 from memsdk.testing import CountingStore, FakeClock, FaultyStore
 from tests.conftest import TEST_TIMEOUTS, ClientFactory
 from tests.harness.redis_server import RedisCluster3, RedisServer, free_port
+
+# Where a test counts on Redis answering: a busy 2-core machine can stall this process
+# for seconds, and a Redis call that times out then is a miss (a read from the store).
+PATIENT_REDIS: dict[str, Any] = {"redis_timeout": 5.0}
 
 
 def user(text: str) -> Turn:
@@ -34,11 +38,11 @@ async def test_warm_validated_read_costs_no_store_call(
     make_client: ClientFactory, store_settings: dict[str, Any], redis_server: RedisServer
 ) -> None:
     counting = CountingStore(build_store(Config(**store_settings)))
-    a = await make_client(redis_url=redis_server.url)
-    b = await make_client(redis_url=redis_server.url, store=counting)
+    a = await make_client(redis_url=redis_server.url, **PATIENT_REDIS)
+    b = await make_client(redis_url=redis_server.url, store=counting, **PATIENT_REDIS)
     await a.append_turns("s", [user("q1"), Turn(role="assistant", content="a1")])
     first = await b.load_context("s")
-    assert first.source in ("redis", "store")  # cold L1: META from Redis, turns from the store
+    assert first.source == "store"  # cold L1: META and turns from the store
     counting.reset()
     warm = await b.load_context("s")
     assert warm.source == "l1+redis" and warm.turns == first.turns
@@ -46,7 +50,9 @@ async def test_warm_validated_read_costs_no_store_call(
     await a.append_turn("s", user("q2"))  # another process writes: Redis has the new stamp
     ctx = await b.load_context("s")
     assert [t.content for t in ctx.turns] == ["q1", "a1", "q2"]
-    assert ctx.source == "redis" and counting.calls == {"query_turns": 1}
+    # Redis's newer META says the window is behind: META and turns from the store, in
+    # parallel (Redis never decides on its own which turns a session has).
+    assert ctx.source == "store" and counting.calls == {"get_meta": 1, "query_turns": 1}
     await a.update_meta("s", page_context={"asin": "B2"})
     ctx = await b.load_context("s")
     assert ctx.source == "l1+redis" and ctx.meta is not None
@@ -61,10 +67,12 @@ async def test_redis_behind_own_write_is_not_trusted(
     make_client: ClientFactory, redis_server: RedisServer
 ) -> None:
     mem = await make_client(redis_url=redis_server.url)
+    key = f"memsdk:{redis_namespace(mem.config)}:{{s}}:meta"
     await mem.append_turn("s", user("q1"))
-    stale = redis_server.command("GET", "memsdk:{s}:meta")
+    stale = redis_server.command("GET", key)
+    assert stale is not None
     await mem.append_turn("s", user("q2"))
-    redis_server.command("SET", "memsdk:{s}:meta", stale)  # Redis lost the newest META
+    redis_server.command("SET", key, stale)  # Redis lost the newest META
     ctx = await mem.load_context("s")
     assert [t.content for t in ctx.turns] == ["q1", "q2"]
 
@@ -78,7 +86,7 @@ async def test_a_write_whose_reply_was_lost_is_not_hidden_by_redis(
     writer = await make_client(redis_url=redis_server.url, store=store)
     reader = await make_client(redis_url=redis_server.url)
     await writer.append_turn("s", user("q1"))
-    assert (await reader.load_context("s")).source in ("redis", "store")  # L1 warm
+    assert (await reader.load_context("s")).source == "store"  # L1 warm
     store.lose_commit_replies = 1
     with pytest.raises(StoreUnavailableError) as raised:
         await writer.update_meta("s", page_context={"asin": "B1"})
@@ -111,7 +119,7 @@ async def eviction_storm(make_client: ClientFactory, store_settings: dict[str, A
         # ~1,100 sessions fit in 2 MB: these overflow it by 2-3x (evictions are asserted).
         sessions = 3_000 if store_settings["store"].startswith("sqlite") else 2_000
         writer = await make_client(redis_url=server.url)
-        reader = await make_client(redis_url=server.url, l1_max_bytes=64 * 1024)
+        reader = await make_client(redis_url=server.url)  # its L1 holds every window
         limit = asyncio.Semaphore(32)
 
         async def write(i: int) -> None:
@@ -125,20 +133,24 @@ async def eviction_storm(make_client: ClientFactory, store_settings: dict[str, A
                     customer_id=f"c{i}",
                 )
 
-        await asyncio.gather(*(write(i) for i in range(sessions)))
-        evicted = int(server.command("INFO", "stats").get("evicted_keys", 0))
-        assert evicted > 0
-
-        async def check(i: int) -> None:
+        async def check(i: int, turns: int) -> None:
             async with limit:
                 ctx = await reader.load_context(f"storm-{i}", customer_id=f"c{i}")
-                assert ctx.meta is not None and ctx.meta.turn_count == 2, i
+                assert ctx.meta is not None and ctx.meta.turn_count == turns, i
                 assert [t.content[: len(f"q{i}")] for t in ctx.turns][:1] == [f"q{i}"]
-                assert len(ctx.turns) == 2
+                assert len(ctx.turns) == turns
 
-        await asyncio.gather(*(check(i) for i in range(sessions)))
-        # Every read asked Redis first; evictions (and OOM refusals of the fills, which a
-        # 2 MB Redis with 64 pooled connections per client produces) only cost misses.
+        await asyncio.gather(*(write(i) for i in range(sessions)))
+        # Cold reads come from the store (Redis never decides which turns a session has):
+        # this pass fills the reader's L1 with every session's window.
+        await asyncio.gather(*(check(i, 2) for i in range(sessions)))
+        await asyncio.gather(*(write(i) for i in range(sessions)))  # the storm, again
+        evicted = int(server.command("INFO", "stats").get("evicted_keys", 0))
+        assert evicted > 0
+        await asyncio.gather(*(check(i, 4) for i in range(sessions)))
+        # Every warm read asked Redis first to validate its window; evictions (and OOM
+        # refusals of the fills, which a 2 MB Redis with 64 pooled connections per client
+        # produces) only cost misses and store reads, never a turn.
         h = reader.health()
         assert h.redis_hits + h.redis_misses == sessions
         print(
@@ -155,8 +167,10 @@ async def test_redis_killed_mid_run_then_restarted_empty(
     # A short breaker wait: once Redis is back, the breaker lets a probe through quickly.
     # (Capped: every failed probe while Redis is down doubles the wait, up to the maximum.)
     fast = {"breaker_open_seconds": 0.2, "breaker_max_open_seconds": 0.4, "breaker_min_calls": 10}
+    # A killed Redis refuses connections at once; a slow one must not fail the probes.
+    fast |= PATIENT_REDIS
     a = await make_client(redis_url=redis_server.url, **fast)
-    b = await make_client(redis_url=redis_server.url, l1_max_bytes=0, **fast)  # reads ask Redis
+    b = await make_client(redis_url=redis_server.url, **fast)  # warm reads ask Redis
     model: dict[str, list[str]] = {}
 
     async def step(n: int) -> None:
@@ -188,8 +202,9 @@ async def test_cluster_spread_and_reshard_under_load(tmp_path: Path) -> None:
     """Once, on the embedded store: the store is not what a reshard puts at risk."""
     cluster = RedisCluster3().start()
     store = f"sqlite:///{tmp_path / 'cluster.db'}"
-    a = MemoryClient(Config(store=store, redis_url=cluster.url, **TEST_TIMEOUTS))
-    b = MemoryClient(Config(store=store, redis_url=cluster.url, l1_max_bytes=0, **TEST_TIMEOUTS))
+    settings = {**TEST_TIMEOUTS, **PATIENT_REDIS}
+    a = MemoryClient(Config(store=store, redis_url=cluster.url, **settings))
+    b = MemoryClient(Config(store=store, redis_url=cluster.url, **settings))  # validates L1
     try:
         await a.open()
         await b.open()
@@ -216,8 +231,8 @@ async def test_cluster_spread_and_reshard_under_load(tmp_path: Path) -> None:
         for sid in sids:
             ctx = await b.load_context(sid)
             assert [t.content for t in ctx.turns] == model[sid][-20:]
-        # No caller saw an error and nothing was lost. A Redis call may still time out
-        # (100 ms) on a loaded 2-core machine: that is a miss, and it must stay rare.
+        # No caller saw an error and nothing was lost; a Redis call the reshard made fail
+        # is a miss, and it must stay rare.
         h = b.health()
         assert h.redis_errors * 20 <= h.redis_hits + h.redis_misses
     finally:
@@ -290,7 +305,7 @@ async def test_a_writer_with_an_open_breaker_still_writes_through(
     """
     port = free_port()  # Redis is down when the writer starts
     # A generous redis_timeout: a busy machine must not turn the reader's fill into a miss.
-    url, slack = f"redis://127.0.0.1:{port}", {"redis_timeout": 1.0}
+    url, slack = f"redis://127.0.0.1:{port}", PATIENT_REDIS
     writer = await make_client(
         redis_url=url, breaker_consecutive_failures=2, breaker_open_seconds=60.0,
         breaker_max_open_seconds=60.0, **slack,
@@ -339,13 +354,14 @@ async def test_a_late_fill_after_redis_lost_the_key_never_hides_a_write(
     store before a writer's v2, landed after Redis lost the key (and v2's write-through
     with it); validated readers then trusted v1 and served a window without the new turn."""
     writer = await make_client(redis_url=redis_server.url)
-    held = _HeldFills(redis_server.url, timeout=1.0, connect_timeout=1.0)
+    held = _HeldFills(redis_server.url, timeout=10.0, connect_timeout=10.0)
     config = Config(**store_settings, **TEST_TIMEOUTS, redis_url=redis_server.url)
     async with MemoryClient(config, clock=clock, meta_cache=held) as reader:
         await writer.append_turn("s", user("q1"))
+        assert (await reader.load_context("s")).source == "store"  # cold: its L1 holds v1
         redis_server.command("FLUSHALL")
         first = await reader.load_context("s")  # a miss: META v1 from the store, fill held
-        assert [t.content for t in first.turns] == ["q1"] and first.source == "store"
+        assert [t.content for t in first.turns] == ["q1"] and first.source == "l1+store"
         await writer.append_turn("s", user("q2"))  # v2, written through
         redis_server.command("FLUSHALL")  # ...and lost
         held.release.set()

@@ -126,3 +126,19 @@ async def test_without_the_recovery_probe_the_open_period_runs_out(tmp_path: Pat
         await asyncio.sleep(0.5)
         assert (await mem.load_context("s1")).degraded
         assert mem.health().store_breaker == "open"
+
+
+async def test_a_store_outside_its_protocol_is_a_store_error_never_its_own_exception(
+    parts: tuple[GuardedStore, Scripted, Clock],
+) -> None:
+    """A user-supplied Store (or a bug) that raises a foreign exception: the caller gets a
+    StoreError, whose message holds none of the foreign text; the breaker stays neutral."""
+    guarded, inner, _ = parts
+    inner.raises = [RuntimeError("driver text with sess-1's content") for _ in range(5)]
+    for _ in range(5):
+        with pytest.raises(StoreError) as raised:
+            await guarded.get_meta("sess-1", consistent=True)
+        assert type(raised.value) is StoreError
+        assert "content" not in str(raised.value) and "RuntimeError" in str(raised.value)
+        assert isinstance(raised.value.__cause__, RuntimeError)
+    assert guarded.breaker.state == "closed"

@@ -15,8 +15,14 @@ import pytest
 from opentelemetry.trace import StatusCode
 
 from memsdk import Config, MemoryClient, Turn
-from memsdk.errors import ContextLostError, SessionOwnershipError
+from memsdk.errors import (
+    ContextLostError,
+    InvalidInputError,
+    MemsdkError,
+    SessionOwnershipError,
+)
 from memsdk.store.sqlite import SQLiteStore
+from memsdk.telemetry import Telemetry
 from memsdk.testing import FaultyStore
 from tests.otel import InMemoryOtel, children, everything_exported
 
@@ -278,7 +284,7 @@ def test_every_instrument_is_documented_and_every_documented_one_exists(
     """docs/observability.md's metric table and what memsdk exports agree, both ways."""
     import re
 
-    from memsdk.telemetry import Telemetry, TelemetrySnapshot
+    from memsdk.telemetry import TelemetrySnapshot
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "observability.md").read_text()
     section = doc.split("## Metrics", 1)[1].split("\n## ", 1)[0]
@@ -311,6 +317,7 @@ def test_every_instrument_is_documented_and_every_documented_one_exists(
     telemetry.context_lost("load_context")
     telemetry.backpressure("wal_full")
     telemetry.wal_replay(3)
+    telemetry.wal_rejected("ordered_before_delete", 1, 2)
     telemetry.loaded_turn_count(1)
     exported = {p.name for p in otel.points()}
     assert exported == documented
@@ -329,3 +336,56 @@ def test_server_attributes_name_one_server_or_none() -> None:
     }
     # A list of nodes (Sentinels) names no single server; never the password either way.
     assert server_attributes("redis+sentinel://:pw@h1:1,h2:2/mymaster") == {}
+
+
+def test_a_failed_span_records_only_the_exception_type_and_memsdks_message(
+    otel: InMemoryOtel,
+) -> None:
+    """Every kind of span memsdk starts (public call, dependency, background) records an
+    exception itself: type and memsdk's message; no stacktrace, no foreign message, and
+    the session id only when allowed. tests/integration/test_telemetry_privacy.py drives
+    the same through the public API."""
+
+    def failing(error: BaseException) -> None:
+        raise error
+
+    ours = InvalidInputError("attributes nests deeper than 32 levels", session_id="s-SECRET")
+    foreign = ValueError(f"server said: {SECRET_TEXT}")
+    for allowed in ((), ("session_id",)):
+        telemetry = Telemetry(**otel.providers(), allowed=allowed)
+        for error in (ours, foreign):
+            otel.exporter.clear()
+            with pytest.raises(type(error)), telemetry.operation("memsdk.update_meta"):
+                failing(error)
+            with pytest.raises(type(error)), telemetry.dependency("sqlite", "commit"):
+                failing(error)
+            with pytest.raises(type(error)), telemetry.background("memsdk.wal.flush", {}):
+                failing(error)
+            spans = otel.spans()
+            assert len(spans) == 3
+            for span in spans:
+                assert span.status.status_code == StatusCode.ERROR
+                assert span.status.description == type(error).__name__
+                (event,) = span.events
+                assert event.name == "exception" and event.attributes is not None
+                if error is foreign:
+                    assert dict(event.attributes) == {
+                        "exception.type": "ValueError",
+                        "exception.message": "",
+                    }
+                    continue
+                expected = "attributes nests deeper than 32 levels"
+                if allowed:
+                    expected += " [session_id=s-SECRET]"
+                assert dict(event.attributes) == {
+                    "exception.type": "memsdk.errors.InvalidInputError",
+                    "exception.message": expected,
+                }
+
+
+def test_an_error_message_never_holds_the_session_id_str_adds_it() -> None:
+    """`message` is what telemetry may carry; str() adds the session id for people."""
+    error = MemsdkError("what happened; what to do", session_id="s1")
+    assert error.message == "what happened; what to do"
+    assert str(error) == "what happened; what to do [session_id=s1]"
+    assert str(MemsdkError("no session")) == MemsdkError("no session").message == "no session"

@@ -12,6 +12,7 @@ from memsdk.store.base import TurnRecord
 from memsdk.write_buffer import (
     BufferedAppend,
     OverlayUncertain,
+    UndecodableRecord,
     batch_fits,
     buffered_append,
     decode_append,
@@ -154,9 +155,9 @@ def test_codec_round_trip_and_refusals() -> None:
     assert back.turns() == [record(1), record(2)]
     assert dataclasses.asdict(back) == {**dataclasses.asdict(e), "owner_verified": False}
     assert (back.first_turn_id, back.last_turn_id, back.turn_count) == (tid(1), tid(2), 2)
-    with pytest.raises(msgspec.DecodeError):
+    with pytest.raises(UndecodableRecord):
         decode_append(1, b'{"type":"append","session_id":"s","customer_id":null,"turns":[]}', 0)
-    with pytest.raises(msgspec.DecodeError):
+    with pytest.raises(UndecodableRecord):
         decode_append(1, b"not json", 0)
 
 
