@@ -200,9 +200,10 @@ async def test_a_replay_batch_cut_differently_writes_only_the_missing_turns(
     assert await stored(open_client, "s1") == (["q0", "a0", "q1", "a1"], 4)
 
 
-async def test_full_wal_raises_backpressure_and_resumes_once_drained(
-    open_client: Any, store_settings: dict[str, Any], wal_dir: str
-) -> None:
+async def small_wal_during_outage(
+    open_client: Any, store_settings: dict[str, Any], wal_dir: str, **overrides: Any
+) -> tuple[FaultyStore, MemoryClient]:
+    """A client with a 16 KiB WAL whose store is down: a few appends fill the log."""
     store = faulty(store_settings)
     store.down = True
     mem = await open_client(
@@ -210,7 +211,16 @@ async def test_full_wal_raises_backpressure_and_resumes_once_drained(
         wal_dir=wal_dir,
         wal_max_bytes=16 * 1024,
         wal_segment_bytes=4 * 1024,
-        write_timeout=0.3,
+        **overrides,
+    )
+    return store, mem
+
+
+async def test_full_wal_raises_backpressure_and_resumes_once_drained(
+    open_client: Any, store_settings: dict[str, Any], wal_dir: str
+) -> None:
+    store, mem = await small_wal_during_outage(
+        open_client, store_settings, wal_dir, write_timeout=0.3
     )
     acked: list[int] = []
     with pytest.raises(BackpressureError, match="write-ahead log is full"):
@@ -597,15 +607,8 @@ async def test_an_append_overtaken_by_close_raises_client_closed_error(
 ) -> None:
     """Defect 3: an append waiting for WAL space when aclose() closed the log raised
     memsdk.wal.log.WalClosedError, which is not a MemsdkError."""
-    store = faulty(store_settings)
-    store.down = True
-    mem = await open_client(
-        store=store,
-        wal_dir=wal_dir,
-        wal_max_bytes=16 * 1024,
-        wal_segment_bytes=4 * 1024,
-        write_timeout=30.0,
-        wal_close_timeout=0.2,
+    _, mem = await small_wal_during_outage(
+        open_client, store_settings, wal_dir, write_timeout=30.0, wal_close_timeout=0.2
     )
     for i in range(100):
         waiting = asyncio.ensure_future(mem.append_turns("s1", pair(i, size=300)))

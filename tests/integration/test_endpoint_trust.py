@@ -18,6 +18,7 @@ from aiohttp import web
 from memsdk import Config, MemoryClient, Turn
 from memsdk.errors import StoreError, StoreUnavailableError
 from tests.harness.dynamodb_local import aws_test_env
+from tests.harness.http_endpoint import loopback_endpoint
 
 TYPE_PREFIX = "com.amazonaws.dynamodb.v20120810#"
 ESCAPES = "\x1b]0;pwned\x07\x1b[2J\x9b31m\x7f\u202e"
@@ -40,17 +41,8 @@ async def _endpoint(status: int) -> AsyncIterator[str]:
         await request.read()
         return web.Response(status=status, body=HOSTILE, content_type="application/x-amz-json-1.0")
 
-    app = web.Application()
-    app.router.add_post("/", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"dynamodb://memsdk-hostile?region=us-east-1&endpoint=http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+    async with loopback_endpoint(handle) as url:
+        yield f"dynamodb://memsdk-hostile?region=us-east-1&endpoint={url}"
 
 
 @pytest.fixture

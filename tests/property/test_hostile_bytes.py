@@ -29,6 +29,7 @@ from memsdk.store.dynamodb import DynamoDBStore
 from memsdk.store.dynamodb_lean import LeanDataPath
 from memsdk.store.sqlite import SQLiteStore
 from memsdk.write_buffer import BufferedAppend, UndecodableRecord, decode_append
+from tests.harness.http_endpoint import loopback_endpoint
 from tests.property.conftest import profile_settings
 
 json_values = st.recursive(
@@ -196,20 +197,8 @@ class HostileDynamoDB:
 
     def __init__(self) -> None:
         self.body = b"{}"
-        self.url = ""
-        self.runner: web.AppRunner | None = None
 
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/", self._handle)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self.runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
-
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.Response:
         await request.read()
         return web.Response(body=self.body, content_type="application/x-amz-json-1.0")
 
@@ -217,8 +206,9 @@ class HostileDynamoDB:
 @pytest.fixture(scope="module")
 def dynamodb(loop: asyncio.AbstractEventLoop) -> Iterator[tuple[HostileDynamoDB, DynamoDBStore]]:
     server = HostileDynamoDB()
-    loop.run_until_complete(server.start())
-    spec = DynamoDBStoreSpec(table="t", region="us-east-1", endpoint=server.url)
+    endpoint = loopback_endpoint(server.handle)
+    url = loop.run_until_complete(endpoint.__aenter__())
+    spec = DynamoDBStoreSpec(table="t", region="us-east-1", endpoint=url)
     monkey = pytest.MonkeyPatch()
     for name, value in {
         "AWS_ACCESS_KEY_ID": "AKIDHOSTILE",
@@ -237,8 +227,7 @@ def dynamodb(loop: asyncio.AbstractEventLoop) -> Iterator[tuple[HostileDynamoDB,
         yield server, store
     finally:
         loop.run_until_complete(store.aclose())
-        assert server.runner is not None
-        loop.run_until_complete(server.runner.cleanup())
+        loop.run_until_complete(endpoint.__aexit__(None, None, None))
         monkey.undo()
 
 

@@ -26,6 +26,7 @@ from memsdk.store import dynamodb_aioboto3
 from memsdk.store.dynamodb_aioboto3 import create_table
 from memsdk.store.dynamodb_lean import LeanDataPath
 from memsdk.store.dynamodb_path import CancellationReason, DynamoDBCallError
+from tests.harness.http_endpoint import loopback_endpoint
 
 SECRET = "s3cr3t"
 TYPE_PREFIX = "com.amazonaws.dynamodb.v20120810#"
@@ -212,17 +213,8 @@ async def hostile_endpoint(
         await request.read()
         return answer()
 
-    app = web.Application()
-    app.router.add_post("/", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+    async with loopback_endpoint(handle) as url:
+        yield url
 
 
 def lean(endpoint: str) -> LeanDataPath:
@@ -329,17 +321,9 @@ def control_plane(table_status: str, ttl_attribute: str) -> Callable[[web.Reques
 
 @asynccontextmanager
 async def fake_control_plane(table_status: str, ttl_attribute: str) -> AsyncIterator[str]:
-    app = web.Application()
-    app.router.add_post("/", control_plane(table_status, ttl_attribute))  # type: ignore[arg-type]
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+    handler = control_plane(table_status, ttl_attribute)
+    async with loopback_endpoint(handler) as url:  # type: ignore[arg-type]
+        yield url
 
 
 @pytest.fixture
