@@ -194,6 +194,7 @@ def turn_item_bytes(session_id: str, turn: Turn, attributes_json: bytes) -> int:
     size += 2 + len("TURN#") + _TURN_ID_BYTES
     size += len("expires_at") + _NUMBER_BYTES
     size += len("created_at_ms") + _NUMBER_BYTES
+    size += len("version") + _NUMBER_BYTES
     size += len("role") + len(turn.role)
     size += len("content") + len(turn.content.encode("utf-8"))
     if turn.intent is not None:
@@ -489,7 +490,8 @@ def plan_append(
         late_turns=False,  # fresh ids sort after the high-water mark
     )
     _check_meta_size(meta)
-    return SessionWrite(meta=meta, now_s=now_ms // 1000, turns=records, summary=None, **expect)
+    written = _committed(records, meta)
+    return SessionWrite(meta=meta, now_s=now_ms // 1000, turns=written, summary=None, **expect)
 
 
 def plan_buffered_append(
@@ -540,8 +542,14 @@ def plan_buffered_append(
         late_turns=newest < found,
     )
     _check_meta_size(meta)
-    write = SessionWrite(meta=meta, now_s=now_ms // 1000, turns=keep, summary=None, **expect)
+    written = _committed(keep, meta)
+    write = SessionWrite(meta=meta, now_s=now_ms // 1000, turns=written, summary=None, **expect)
     return write, set_aside
+
+
+def _committed(turns: Sequence[TurnRecord], meta: MetaRecord) -> list[TurnRecord]:
+    """The turns as the commit of `meta` writes them: stamped with its version."""
+    return [msgspec.structs.replace(t, version=meta.version) for t in turns]
 
 
 def plan_update_meta(
@@ -635,12 +643,17 @@ def plan_delete(current: MetaRecord, *, now_ms: int, retention_seconds: int) -> 
 
 
 def visible_turns(meta: MetaRecord, page: Iterable[TurnRecord], now_s: int) -> list[TurnRecord]:
-    """Turns of `page` that belong to META's incarnation, are covered by it, and are unexpired."""
+    """Turns of `page` that belong to META's incarnation, are covered by it (committed at or
+    before its version: a commit that landed after META was read is not in its count, even
+    when its ids sort below the newest), and are unexpired."""
     last = meta.last_turn_id or ""
     return [
         t
         for t in page
-        if meta.floor_turn_id < t.turn_id and t.turn_id <= last and t.expires_at > now_s
+        if meta.floor_turn_id < t.turn_id
+        and t.turn_id <= last
+        and t.version <= meta.version
+        and t.expires_at > now_s
     ]
 
 

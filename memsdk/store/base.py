@@ -31,12 +31,19 @@ __all__ = [
     "Store",
     "SummaryRecord",
     "TurnRecord",
+    "same_turn",
     "stamp_of",
 ]
 
 
 class TurnRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """A TURN#<turn_id> item."""
+    """A TURN#<turn_id> item.
+
+    `version`: the META version of the commit that wrote it (0: not committed yet, or
+    written before memsdk kept it). A read shows a turn only with a META whose version is
+    at least that: reads of META and turns are not one snapshot, and a commit landing
+    between them must not show turns the META does not count (see session.visible_turns).
+    """
 
     turn_id: str
     role: str
@@ -45,6 +52,13 @@ class TurnRecord(msgspec.Struct, frozen=True, kw_only=True):
     attributes: dict[str, Any]
     created_at_ms: int
     expires_at: int
+    version: int = 0
+
+
+def same_turn(a: TurnRecord, b: TurnRecord) -> bool:
+    """Whether two records are the same turn: the same content, whatever commit wrote them
+    (a replay or a retry planned on another base carries another version)."""
+    return msgspec.structs.replace(a, version=0) == msgspec.structs.replace(b, version=0)
 
 
 class SummaryRecord(msgspec.Struct, frozen=True, kw_only=True):

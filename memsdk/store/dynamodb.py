@@ -15,7 +15,14 @@ from typing import Any
 
 from memsdk.config import DynamoDBStoreSpec
 from memsdk.errors import StoreError, StoreUnavailableError
-from memsdk.store.base import CommitOutcome, MetaRecord, MetaStamp, SessionWrite, TurnRecord
+from memsdk.store.base import (
+    CommitOutcome,
+    MetaRecord,
+    MetaStamp,
+    SessionWrite,
+    TurnRecord,
+    same_turn,
+)
 from memsdk.store.dynamodb_items import (
     META_SK,
     SUMMARY_PREFIX,
@@ -288,7 +295,8 @@ class DynamoDBStore:
         # identical. If the store did not return the item (ALL_OLD not honoured) we trust
         # the id: ids are unique per writer (random node part), collisions are not expected.
         same = [
-            reason.Item is None or item_to_turn(reason.Item) == turn for turn, reason in existing
+            reason.Item is None or same_turn(item_to_turn(reason.Item), turn)
+            for turn, reason in existing
         ]
         if n_turns and len(existing) == n_turns and all(same):
             # Applied by an earlier attempt; its META may not be this attempt's (see

@@ -139,6 +139,8 @@ def turn_to_item(session_id: str, turn: TurnRecord) -> Item:
     }
     if turn.intent is not None:
         item["intent"] = {"S": turn.intent}
+    if turn.version:
+        item["version"] = _n(turn.version)
     return item
 
 
@@ -210,6 +212,7 @@ class TurnItem(msgspec.Struct, frozen=True):
     attributes: S
     created_at_ms: N
     intent: S | None = None
+    version: N | None = None
 
 
 class SummaryItem(msgspec.Struct, frozen=True):
@@ -313,6 +316,7 @@ def wire_to_turn(item: TurnItem) -> TurnRecord:
         attributes=_json_dict(item.attributes, "attributes", sid),
         created_at_ms=_int(item.created_at_ms, "created_at_ms", sid),
         expires_at=_int(item.expires_at, "expires_at", sid),
+        version=0 if item.version is None else _int(item.version, "version", sid),
     )
 
 

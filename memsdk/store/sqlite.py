@@ -37,6 +37,7 @@ from memsdk.store.base import (
     SessionWrite,
     SummaryRecord,
     TurnRecord,
+    same_turn,
     stamp_of,
 )
 
@@ -459,7 +460,7 @@ def _commit_sync(conn: sqlite3.Connection, *, write: SessionWrite) -> CommitOutc
                 continue
             # Compared as decoded records, so a JSON round trip of our own turn (a tuple
             # becoming a list, key order) does not count as different content.
-            if _decode(_turn_decoder, row[0]) != _decode(_turn_decoder, body):
+            if not same_turn(_decode(_turn_decoder, row[0]), _decode(_turn_decoder, body)):
                 raise StoreError(
                     f"turn id {sk[len(_TURN_PREFIX) :]} already exists with different content;"
                     " turn ids must be unique: this is a memsdk bug, please report it",

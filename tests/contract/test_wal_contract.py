@@ -469,21 +469,30 @@ class Choreographed(FaultyStore):
         self.commit_gate.set()
         self.queried = asyncio.Event()
         self.release = asyncio.Event()
+        # The other order: META read first, the Query held until `release_query`.
+        self.meta_first = False
+        self.meta_read = asyncio.Event()
+        self.release_query = asyncio.Event()
 
     async def commit(self, write: SessionWrite) -> CommitOutcome:
         await self.commit_gate.wait()
         return await super().commit(write)
 
     async def query_turns(self, session_id: str, **kwargs: Any) -> Any:
+        if HELD.get() and self.meta_first:
+            await self.release_query.wait()
         result = await super().query_turns(session_id, **kwargs)
         if HELD.get():
             self.queried.set()
         return result
 
     async def get_meta(self, session_id: str, *, consistent: bool) -> Any:
-        if HELD.get():
+        if HELD.get() and not self.meta_first:
             await self.release.wait()
-        return await super().get_meta(session_id, consistent=consistent)
+        result = await super().get_meta(session_id, consistent=consistent)
+        if HELD.get():
+            self.meta_read.set()
+        return result
 
 
 HELD: contextvars.ContextVar[bool] = contextvars.ContextVar("HELD", default=False)
@@ -494,17 +503,19 @@ async def held(coro: Any) -> Any:
     return await coro
 
 
-async def late_turn_setup(open_client: Any, store_settings: dict[str, Any], wal_dir: str) -> Any:
+async def late_turn_setup(
+    open_client: Any, store_settings: dict[str, Any], wal_dir: str, sid: str = "s1"
+) -> Any:
     """A session of two turns, and a buffered turn of a writer whose clock is 10 s behind,
     gated: once flushed it sorts below the newest turn (a late commit)."""
     ahead = FakeClock()
     ahead.advance(10)
     writer = await open_client(clock_=ahead)
-    await writer.append_turns("s1", pair(0))
+    await writer.append_turns(sid, pair(0))
     behind_store = faulty(store_settings, Choreographed)
     behind_store.commit_gate.clear()
     behind = await open_client(store=behind_store, wal_dir=wal_dir)  # the fixture clock: behind
-    receipt = await behind.append_turns("s1", [Turn(role="user", content="late")])
+    receipt = await behind.append_turns(sid, [Turn(role="user", content="late")])
     return behind, behind_store, receipt
 
 
@@ -540,6 +551,35 @@ async def test_a_late_flush_during_its_writers_own_read_is_counted_once(
     await behind.flush(timeout=30)
     behind_store.release.set()
     for ctx in (await read, await behind.load_context("s1")):
+        assert [t.content for t in ctx.turns] == ["late", "q0", "a0"], ctx.source
+        assert ctx.meta is not None and ctx.meta.turn_count == 3
+
+
+async def test_a_late_commit_after_the_meta_read_is_never_shown_uncounted(
+    open_client: Any, store_settings: dict[str, Any], wal_dir: str
+) -> None:
+    """The other order (found by the machine's long profile): META is read first, the late
+    flush lands, then the Query: the page held a turn the META did not count (turn_count 2
+    beside three turns). Turns carry the version of the commit that wrote them; a read
+    shows only those its META covers. Once for another reader, once for the writer itself
+    (its own turn then comes from its log: shown once, counted once)."""
+    for sid, own in (("s1", False), ("s2", True)):
+        behind, behind_store, _ = await late_turn_setup(
+            open_client, store_settings, f"{wal_dir}-{sid}", sid
+        )
+        reader_store = behind_store if own else faulty(store_settings, Choreographed)
+        reader = behind if own else await open_client(store=reader_store)
+        reader_store.meta_first = True
+        read = asyncio.ensure_future(held(reader.load_context(sid)))
+        await reader_store.meta_read.wait()
+        behind_store.commit_gate.set()
+        await behind.flush(timeout=30)
+        reader_store.release_query.set()
+        ctx = await read
+        expected = ["late", "q0", "a0"] if own else ["q0", "a0"]  # exactly what META counts
+        assert [t.content for t in ctx.turns] == expected, (sid, ctx.source)
+        assert ctx.meta is not None and ctx.meta.turn_count == len(expected)
+        ctx = await reader.load_context(sid)
         assert [t.content for t in ctx.turns] == ["late", "q0", "a0"], ctx.source
         assert ctx.meta is not None and ctx.meta.turn_count == 3
 
