@@ -517,7 +517,7 @@ class MemoryClient:
         shown = [e for e in pending if _may_show(e, owner, customer_id)]
         ttl = self._config.ttl_seconds
         try:
-            return overlay(ctx, shown, read.version, last_n, ttl)
+            return overlay(ctx, shown, read.version, last_n, ttl, floor=read.floor)
         except OverlayUncertain:
             pass
         if not ctx.degraded:
@@ -526,7 +526,7 @@ class MemoryClient:
                 async with asyncio.timeout_at(deadline):
                     await self._flush_progress.wait_for(lambda: not any(e.in_flight for e in shown))
             try:
-                return overlay(ctx, shown, read.version, last_n, ttl)
+                return overlay(ctx, shown, read.version, last_n, ttl, floor=read.floor)
             except OverlayUncertain:
                 pass
         # Whether META already counts appends that sort below the window cannot be told:
@@ -535,7 +535,9 @@ class MemoryClient:
             self._degraded_replies += 1
             self._telemetry.degraded("flush_outcome_unknown")
             ctx = msgspec.structs.replace(ctx, degraded=True)
-        return overlay(ctx, shown, read.version, last_n, ttl, uncertain_included=True)
+        return overlay(
+            ctx, shown, read.version, last_n, ttl, floor=read.floor, uncertain_included=True
+        )
 
     def _stateless(self, session_id: str, last_n: int, reason: str) -> _Read:
         """A degraded answer from L1 alone (or an empty one), with no I/O.
@@ -561,7 +563,7 @@ class MemoryClient:
                 degraded=True,
                 source="none",
             )
-            return _Read(empty, None)
+            return _Read(empty, None, None)
         turns: list[Turn] = []
         if cached.newest_first is not None:
             count = rules.select_window(cached.newest_first, last_n, cached.complete)
@@ -581,7 +583,7 @@ class MemoryClient:
             degraded=True,
             source="l1",
         )
-        return _Read(ctx, cached.meta.version)
+        return _Read(ctx, cached.meta.version, cached.meta.floor_turn_id)
 
     def _snapshot(self) -> TelemetrySnapshot:
         """What the observable gauges report for this client (from health(), no I/O)."""
@@ -667,7 +669,7 @@ class MemoryClient:
             summary=cached.summary,
             source=source,
         )
-        return _Read(ctx, meta.version)
+        return _Read(ctx, meta.version, meta.floor_turn_id)
 
     async def _load(self, session_id: str, last_n: int) -> _Read:
         """Validate L1 against a trusted META (Redis, else the store) or read the store.
@@ -821,7 +823,7 @@ class MemoryClient:
             summary=entry.summary,
             source=source,
         )
-        return _Read(ctx, meta.version)
+        return _Read(ctx, meta.version, meta.floor_turn_id)
 
     def _cache_window(
         self,
@@ -1544,7 +1546,11 @@ class MemoryClient:
         if stored is not None:
             self._hint(stored)  # the next write's compare-and-set needs its version
         ctx = Context(session_id=session_id, meta=None, turns=[], summary=None)
-        return _Read(ctx, None if stored is None else stored.version)
+        if stored is None:
+            return _Read(ctx, None, None)
+        # The floor the next incarnation will have: buffered turns at or below it are
+        # ordered before the delete (or expiry) and will be set aside, never shown.
+        return _Read(ctx, stored.version, rules.high_water(stored))
 
     def _hint(self, meta: MetaRecord) -> None:
         known = self._meta_hints.get(meta.session_id)
@@ -1816,10 +1822,12 @@ class _Signal:
 
 
 class _Read(NamedTuple):
-    """A read's answer and the version of the META it was built from (None: none)."""
+    """A read's answer, the version of the META it was built from (None: none), and the
+    floor below which this process's buffered turns will be set aside, not written."""
 
     ctx: Context
     version: int | None
+    floor: str | None
 
 
 def _may_show(entry: BufferedAppend, owner: str | None, reader: str | None) -> bool:

@@ -188,6 +188,7 @@ def overlay(
     last_n: int,
     ttl_seconds: int,
     *,
+    floor: str | None = None,
     uncertain_included: bool = False,
 ) -> Context:
     """`ctx` with this process's buffered appends that its META does not include merged in
@@ -203,12 +204,21 @@ def overlay(
     are flushed in log order). An append whose commit is out, or failed and may have
     landed, cannot be told: OverlayUncertain (the caller waits for the commit, or flags
     the answer degraded and passes `uncertain_included` to count such appends as included).
-    Appends set aside by the flush are not shown: they never land.
+    Appends set aside by the flush are not shown: they never land; nor are appends with a
+    turn at or below `floor` (the incarnation's floor, or the one the next incarnation
+    will get), which the flush will set aside (ordered before a delete or expiry).
     """
     shown = {t.turn_id for t in ctx.turns}
     oldest = ctx.turns[0].turn_id if ctx.turns else None
     whole_session = ctx.meta is None or oldest is None or len(ctx.turns) < last_n
-    decoded = [(entry, entry.turns()) for entry in before if not entry.set_aside]
+    decoded = []
+    for entry in before:
+        if entry.set_aside:
+            continue
+        records = entry.turns()
+        if floor is not None and any(r.turn_id <= floor for r in records):
+            continue  # the flush sets it aside: ordered before a delete or an expiry
+        decoded.append((entry, records))
     # Newest first: once one of them is in the answer's META, every older one is too.
     included_after = False
     missing: list[list[TurnRecord]] = []

@@ -120,6 +120,15 @@ class MemoryMachine(RuleBasedStateMachine):
             ids.update(t["turn_id"] for t in record["turns"])
         return ids
 
+    def settle_pending(self, sid: str, slot: int) -> None:
+        """The slot's pending appends on `sid` that the store now holds are durable (its
+        flusher writes them in log order, so they are a prefix)."""
+        stored = {t.turn_id for t in self.full_read(sid).turns}
+        for op in self.model[sid].pending_of(slot):
+            if not all(t.turn_id in stored for t in op.turns):
+                break
+            op.status = "durable"
+
     def settle_orphans(self, slot: int) -> None:
         """The slot's flush returned: each of its appends concurrent with a delete is now
         in the store whole (ordered after the delete) or set aside whole in its rejected/
@@ -233,7 +242,10 @@ class MemoryMachine(RuleBasedStateMachine):
         shown = {t.turn_id for t in ctx.turns}
         oldest = ctx.turns[0].turn_id if ctx.turns else None
         if turns:
-            assert ctx.meta is not None, f"absent, but it holds {what}"
+            assert ctx.meta is not None, (
+                f"absent (source={ctx.source}), but it holds {what}: "
+                f"{[t.content for t in turns]}"
+            )
         for t in turns:
             assert t.turn_id in shown or (oldest is not None and t.turn_id < oldest), (
                 f"missing {what}: {t.content!r}"
@@ -435,6 +447,9 @@ class MemoryMachine(RuleBasedStateMachine):
         except StoreUnavailableError as exc:
             # Lost replies count as failures: the breaker may open during the call.
             assert self.breaker(slot) != "closed", f"{exc} after {self.last_call_s:.2f}s"
+            # The delete drains the slot's own buffered appends first: some or all of them
+            # may be in the store now, whatever became of the delete itself.
+            self.settle_pending(sid, slot)
             if exc.maybe_applied:  # hidden or untouched: ask the store which
                 ctx = self.full_read(sid)
                 trial = Op("delete", slot, "maybe", self.now_s, decided=True)

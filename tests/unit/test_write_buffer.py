@@ -176,3 +176,14 @@ def test_a_batch_holds_one_customer_id() -> None:
     theirs = buffered_append(2, "s", "D", turns, encode_append("s", "D", turns), T0)
     assert not batch_fits([mine], theirs)
     assert batch_fits([mine], entry(3, 3))
+
+
+def test_appends_the_flush_will_set_aside_are_never_shown() -> None:
+    """Found by the machine's long profile: after a restart, a replayed record ordered
+    before a delete (its ids at or below the incarnation's floor) was shown again until
+    its flush set it aside a second time."""
+    before_delete = entry(3, 1, 2)
+    after = entry(4, 7)
+    absent = Context(session_id="s", meta=None, turns=[], summary=None)
+    ctx = overlay(absent, [before_delete, after], 10, 20, 60, floor=tid(5))
+    assert contents(ctx) == ["c7"] and ctx.meta is not None and ctx.meta.turn_count == 1
