@@ -442,6 +442,10 @@ class MemoryMachine(RuleBasedStateMachine):
             return
         self.deleted_any = True
         model = self.model[sid]
+        # The delete drains this slot's own buffered appends first, those concurrent with
+        # an earlier delete included: each lands (and is deleted with the session) or is
+        # set aside whole in rejected/. Either way it is gone from the store afterwards.
+        own_orphans = model.orphans_of(slot)
         try:
             self.run(client.delete_session(sid))
         except StoreUnavailableError as exc:
@@ -460,6 +464,10 @@ class MemoryMachine(RuleBasedStateMachine):
                     model.deleted(slot, self.now_s)
                 event(f"maybe-applied delete: {'landed' if landed else 'not applied'}")
             return
+        kept = self.rejected_ids(slot)
+        for op in own_orphans:
+            op.decided = not all(t.turn_id in kept for t in op.turns)
+            op.status = "durable" if op.decided else "maybe"
         model.deleted(slot, self.now_s)
 
     @precondition(lambda self: self.store_up())

@@ -128,7 +128,15 @@ class SessionModel:
         until its flusher has dealt with it); `settle_orphans` decides it once flushed.
         """
         self.flushed(slot)
-        orphans = [op for op in self.ops if op.status == "pending"]
+        # Still concurrent with this delete: other slots' pending appends, and their
+        # appends already concurrent with an earlier delete whose fate is not settled
+        # (an earlier delete of an absent session changed nothing in the store).
+        orphans = [
+            op
+            for op in self.ops
+            if op.status == "pending"
+            or (op.orphaned and op.status == "maybe" and op.decided is None and op.slot != slot)
+        ]
         self.add(Op("delete", slot, "durable", time_s))
         for op in orphans:
             self.ops.remove(op)
