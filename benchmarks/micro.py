@@ -154,6 +154,7 @@ def _stdlib_dumps(value: Any) -> bytes:
 def _stdlib_turn(item: dict[str, Any]) -> TurnRecord:
     """A TURN item dict -> TurnRecord by hand: what a stdlib-json client writes."""
     intent = item.get("intent")
+    version = item.get("version")
     return TurnRecord(
         turn_id=item["SK"]["S"][len("TURN#") :],
         role=item["role"]["S"],
@@ -162,6 +163,7 @@ def _stdlib_turn(item: dict[str, Any]) -> TurnRecord:
         attributes=json.loads(item["attributes"]["S"]),
         created_at_ms=int(item["created_at_ms"]["N"]),
         expires_at=int(item["expires_at"]["N"]),
+        version=0 if version is None else int(version["N"]),
     )
 
 

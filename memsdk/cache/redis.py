@@ -52,7 +52,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from memsdk.cache.base import CacheLookup, CacheObserver, CallGate, MetaCacheStats
 from memsdk.config import RedisSpec, parse_redis_url
 from memsdk.errors import ConfigError
-from memsdk.jsonshape import within_depth
+from memsdk.jsonshape import too_few_brackets_to_nest, within_depth
 from memsdk.logs import RateLimitedLog
 from memsdk.store.base import MetaRecord
 
@@ -739,9 +739,9 @@ def _decode(raw: bytes, session_id: str) -> MetaRecord:
     if len(prefix) != _VERSION_DIGITS or not prefix.isdigit():
         raise _DecodeError("undecodable_value")
     payload = raw[_VERSION_DIGITS + _EPOCH_DIGITS :]
+    is_json = payload[:1] == b"{"
     try:
-        decoder = _JSON_DECODER if payload[:1] == b"{" else _DECODER
-        meta = decoder.decode(payload)
+        meta = (_JSON_DECODER if is_json else _DECODER).decode(payload)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
         # RecursionError: msgspec's answer to deeply nested input, not a DecodeError.
         raise _DecodeError("undecodable_value") from exc
@@ -749,7 +749,10 @@ def _decode(raw: bytes, session_id: str) -> MetaRecord:
         raise _DecodeError("undecodable_value")
     if meta.session_id != session_id:
         raise _DecodeError("foreign_value")
-    if not (within_depth(meta.page_context) and within_depth(meta.attributes)):
+    # The bracket count means something in JSON only: msgpack nests with other bytes.
+    if not (is_json and too_few_brackets_to_nest(payload)) and not (
+        within_depth(meta.page_context) and within_depth(meta.attributes)
+    ):
         raise _DecodeError("undecodable_value")  # deeper than memsdk ever writes
     return meta
 

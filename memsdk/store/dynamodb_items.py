@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from memsdk.errors import StoreError
-from memsdk.jsonshape import within_depth
+from memsdk.jsonshape import too_few_brackets_to_nest, within_depth
 from memsdk.store.base import MetaRecord, SummaryRecord, TurnRecord
 
 __all__ = [
@@ -394,7 +394,7 @@ def _json_dict(value: S, name: str, session_id: str) -> dict[str, Any]:
         decoded = _dict_decoder.decode(value.S)
     except (msgspec.DecodeError, RecursionError):  # deep nesting is RecursionError, not ours
         raise _store_error("item", f"attribute {name!r} is not a JSON object", session_id) from None
-    if not within_depth(decoded):
+    if not too_few_brackets_to_nest(value.S) and not within_depth(decoded):
         raise _store_error(
             "item", f"attribute {name!r} nests deeper than memsdk writes", session_id
         )

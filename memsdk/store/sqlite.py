@@ -30,7 +30,7 @@ from typing import TypeVar
 import msgspec
 
 from memsdk.errors import StoreError, StoreUnavailableError
-from memsdk.jsonshape import within_depth
+from memsdk.jsonshape import too_few_brackets_to_nest, within_depth
 from memsdk.store.base import (
     CommitOutcome,
     MetaRecord,
@@ -375,6 +375,8 @@ def _decode(decoder: msgspec.json.Decoder[_D], body: object) -> _D:
     except Exception as exc:
         raise _UndecodableItemError(f"{type(exc).__name__}") from None
     # Deeper than memsdk ever writes, within msgspec's own limit: not ours either.
+    if isinstance(body, str | bytes) and too_few_brackets_to_nest(body):
+        return record
     if not all(within_depth(getattr(record, name, None)) for name in _JSON_FIELDS):
         raise _UndecodableItemError("nested too deeply")
     return record

@@ -308,6 +308,9 @@ async def test_hostile_bytes_in_redis_are_a_miss_and_dropped(
         raw[:PREFIX] + marked.replace(b'"MARK"', b"[" * 100_000 + b"]" * 100_000),
         # deeper than memsdk writes, within msgspec's own limit
         raw[:PREFIX] + marked.replace(b'"MARK"', msgspec.json.encode(nested_dict(40))),
+        # the same in msgpack, which nests without a single bracket byte
+        raw[:PREFIX]
+        + msgspec.msgpack.encode(msgspec.structs.replace(meta, page_context=nested_dict(40))),
         raw[:PREFIX] + b"\x91" * 100_000 + b"\xc0",
         raw[:PREFIX] + b"\xff" * 64,
         b"9" * 20 + b"x" * (500 * 1024),  # oversized
