@@ -58,7 +58,8 @@ from benchmarks.core import (
 from benchmarks.core import _verdict as verdict
 from memsdk import Config, Context, MemoryClient
 from memsdk.models import Health
-from memsdk.store.dynamodb_items import META_SK, TURN_PREFIX, key, pk
+from memsdk.records import META_SK, TURN_PREFIX
+from memsdk.store.dynamodb_items import key, pk
 from tests.harness.dynamodb_local import REGION, create_test_table
 from tests.harness.redis_server import RedisServer
 

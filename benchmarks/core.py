@@ -40,8 +40,8 @@ from botocore.config import Config as BotoConfig
 
 from memsdk import Config, MemoryClient, Turn
 from memsdk.ids import TurnIdGenerator
-from memsdk.store.base import MetaRecord, TurnRecord
-from memsdk.store.dynamodb_items import META_SK, TURN_PREFIX, key, meta_to_item, pk, turn_to_item
+from memsdk.records import META_SK, TURN_PREFIX, MetaRecord, TurnRecord
+from memsdk.store.dynamodb_items import key, meta_to_item, pk, turn_to_item
 from tests.harness.dynamodb_local import REGION, create_test_table
 
 __all__ = ["FULL", "QUICK", "SMOKE", "Settings", "run_all", "run_smoke"]

@@ -71,10 +71,10 @@ from memsdk import Config, MemoryClient
 from memsdk import session as rules
 from memsdk.config import DynamoDBStoreSpec
 from memsdk.ids import TurnIdGenerator
+from memsdk.records import META_SK
 from memsdk.store.dynamodb import DynamoDBStore
 from memsdk.store.dynamodb_aioboto3 import Aioboto3DataPath
 from memsdk.store.dynamodb_items import (
-    META_SK,
     GetMetaResponse,
     QueryTurnsResponse,
     WriteResponse,

@@ -73,7 +73,7 @@ def canned_items(now_ms: int | None = None) -> tuple[dict[str, Any], list[dict[s
     floor < every turn id <= last_turn_id, expiring in 30 days.
     """
     from benchmarks.core import CUSTOMER_ID, message_turns
-    from memsdk.store.base import MetaRecord, TurnRecord
+    from memsdk.records import MetaRecord, TurnRecord
     from memsdk.store.dynamodb_items import meta_to_item, turn_to_item
 
     now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms

@@ -51,7 +51,7 @@ from benchmarks.core import (
 from memsdk import session as rules
 from memsdk.cache.lru import ContextCache, turn_size
 from memsdk.ids import TurnIdGenerator
-from memsdk.store.base import MetaRecord, TurnRecord
+from memsdk.records import MetaRecord, TurnRecord
 from memsdk.store.dynamodb_items import (
     QueryTurnsResponse,
     meta_to_item,

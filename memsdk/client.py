@@ -37,10 +37,11 @@ from memsdk.ids import TurnIdGenerator
 from memsdk.logs import RateLimitedLog
 from memsdk.models import AppendReceipt, Context, Health, Meta, Summary, Turn
 from memsdk.observed import ObservedDataPath, ObservedStore, RedisObserver
+from memsdk.records import MetaRecord, SessionWrite, TurnRecord
 from memsdk.resilience.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from memsdk.resilience.budget import RetryBudget
 from memsdk.resilience.bulkhead import Bulkhead
-from memsdk.store.base import MetaRecord, SessionWrite, Store, TurnRecord
+from memsdk.store.base import Store
 from memsdk.store.dynamodb_path import DataPath, RetryGate
 from memsdk.tasks import stop_tasks
 from memsdk.telemetry import (

@@ -12,6 +12,7 @@ from typing import Literal, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from memsdk.errors import ConfigError
+from memsdk.limits import DYNAMODB_ITEM_LIMIT
 
 __all__ = [
     "Config",
@@ -29,7 +30,6 @@ DynamoDBDataPath = Literal["lean", "aioboto3"]
 _DATA_PATHS = ("lean", "aioboto3")
 
 # DynamoDB's item limit is 400 KB; the META update and key overhead need headroom.
-DYNAMODB_ITEM_LIMIT = 400 * 1024
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{3,255}$")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _SENTINEL_SERVICE = re.compile(r"[A-Za-z0-9._\-]{1,128}")

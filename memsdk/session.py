@@ -30,21 +30,21 @@ from memsdk.errors import (
     TurnTooLargeError,
 )
 from memsdk.ids import TurnIdGenerator, is_turn_id
+from memsdk.limits import (
+    MAX_APPEND_BYTES,
+    MAX_TURNS_PER_APPEND,
+    MAX_WINDOW_EXTENSION_CHARS,
+    MAX_WINDOW_EXTENSION_TURNS,
+    META_FIXED_BYTES,
+    META_ITEM_LIMIT,
+    meta_item_bytes,
+    turn_item_bytes,
+)
 from memsdk.models import Meta, Summary, Turn
 from memsdk.readonly import freeze
-from memsdk.store.base import (
-    MetaRecord,
-    MetaStamp,
-    SessionWrite,
-    SummaryRecord,
-    TurnRecord,
-    stamp_of,
-)
+from memsdk.records import MetaRecord, MetaStamp, SessionWrite, SummaryRecord, TurnRecord, stamp_of
 
 __all__ = [
-    "MAX_TURNS_PER_APPEND",
-    "MAX_WINDOW_EXTENSION_CHARS",
-    "MAX_WINDOW_EXTENSION_TURNS",
     "check_owner",
     "check_owner_id",
     "copy_json",
@@ -68,19 +68,9 @@ __all__ = [
 
 SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 ROLES = frozenset({"user", "assistant", "system", "tool"})
-# A DynamoDB transaction holds at most 100 items and 4 MB; one slot and 400 KB go to META.
-MAX_TURNS_PER_APPEND = 99
 # Bounds of the margin in incarnation_floor (milliseconds).
 _FLOOR_MARGIN_MIN_MS = 2_000
 _FLOOR_MARGIN_MAX_MS = 15 * 60_000
-MAX_APPEND_BYTES = 4 * 1024 * 1024 - 400 * 1024
-# How far a window may move back past `last_n` to reach the call of its tool results
-# (select_window): a parallel tool call has tens of results, not hundreds.
-MAX_WINDOW_EXTENSION_TURNS = 128
-MAX_WINDOW_EXTENSION_CHARS = 2 * 1024 * 1024
-META_ITEM_LIMIT = 400 * 1024 - 1024
-_NUMBER_BYTES = 21  # DynamoDB's upper bound for one number; never under-count.
-_TURN_ID_BYTES = 25
 _JSON = msgspec.json.Encoder()
 _JSON_DICT = msgspec.json.Decoder(dict[str, Any])
 
@@ -188,21 +178,6 @@ def validate_text(text: object, session_id: str, what: str) -> str:
     return text
 
 
-def turn_item_bytes(session_id: str, turn: Turn, attributes_json: bytes) -> int:
-    """Upper bound of the DynamoDB item size of a TURN item (names + values, per AWS formula)."""
-    size = 2 + len("SESSION#") + len(session_id)
-    size += 2 + len("TURN#") + _TURN_ID_BYTES
-    size += len("expires_at") + _NUMBER_BYTES
-    size += len("created_at_ms") + _NUMBER_BYTES
-    size += len("version") + _NUMBER_BYTES
-    size += len("role") + len(turn.role)
-    size += len("content") + len(turn.content.encode("utf-8"))
-    if turn.intent is not None:
-        size += len("intent") + len(turn.intent.encode("utf-8"))
-    size += len("attributes") + len(attributes_json)
-    return size
-
-
 def validate_turns(session_id: str, turns: object, max_turn_bytes: int) -> list[Turn]:
     """Check roles, text, attributes and sizes of an append before any I/O; return the list."""
     if isinstance(turns, Turn) or not isinstance(turns, Sequence) or isinstance(turns, str):
@@ -255,50 +230,13 @@ def validate_summary_size(text: str, session_id: str, max_bytes: int) -> None:
     per-item cap and what META can hold beside its own fields.
     """
     size = len(text.encode("utf-8"))
-    limit = min(max_bytes, META_ITEM_LIMIT - _META_FIXED_BYTES)
+    limit = min(max_bytes, META_ITEM_LIMIT - META_FIXED_BYTES)
     if size > limit:
         raise TurnTooLargeError(
             f"summary text encodes to {size} bytes, over the {limit} a summary may hold "
             "(max_turn_bytes, and room in META): summarize more tightly; nothing was written",
             session_id=session_id,
         )
-
-
-def meta_item_bytes(meta: MetaRecord) -> int:
-    """Upper bound of the DynamoDB item size of a META item."""
-    size = 2 + len("SESSION#") + len(meta.session_id) + 2 + len("META")
-    size += sum(len(n) + _NUMBER_BYTES for n in ("expires_at", "created_at_ms", "updated_at_ms"))
-    size += len("turn_count") + _NUMBER_BYTES + len("version") + _NUMBER_BYTES
-    size += len("customer_id") + len((meta.customer_id or "").encode("utf-8"))
-    size += len("last_turn_id") + len("floor_turn_id") + 2 * _TURN_ID_BYTES
-    size += len("deleted") + len("late_turns") + 2  # two BOOLs, 1 byte each
-    size += len("page_context") + len(_JSON.encode(meta.page_context))
-    size += len("attributes") + len(_JSON.encode(meta.attributes))
-    if meta.summary is not None:
-        size += len("summary_text") + len(meta.summary.text.encode("utf-8"))
-        size += len("summary_through_turn_id") + _TURN_ID_BYTES
-        size += len("summary_created_at_ms") + len("summary_expires_at") + 2 * _NUMBER_BYTES
-    return size
-
-
-# META with the longest ids, empty page_context and attributes, and an empty summary: what a
-# summary's text can never use (validate_summary_size).
-_META_FIXED_BYTES = meta_item_bytes(
-    MetaRecord(
-        session_id="s" * 128,
-        customer_id="c" * 256 * 4,  # 256 characters of up to 4 UTF-8 bytes
-        created_at_ms=0,
-        updated_at_ms=0,
-        turn_count=0,
-        last_turn_id=None,
-        floor_turn_id="0" * _TURN_ID_BYTES,
-        page_context={},
-        attributes={},
-        expires_at=0,
-        version=0,
-        summary=SummaryRecord(text="", through_turn_id="0", created_at_ms=0, expires_at=0),
-    )
-)
 
 
 def _check_meta_size(meta: MetaRecord) -> None:

@@ -15,8 +15,9 @@ import msgspec
 from memsdk import session as rules
 from memsdk.errors import MemsdkError
 from memsdk.ids import is_turn_id
+from memsdk.limits import MAX_APPEND_BYTES, MAX_TURNS_PER_APPEND
 from memsdk.models import Context, Meta, Turn
-from memsdk.store.base import TurnRecord
+from memsdk.records import TurnRecord
 
 __all__ = [
     "BufferedAppend",
@@ -31,8 +32,8 @@ __all__ = [
 
 # A buffered batch is one store transaction: META plus at most this many turns, and at
 # most this many payload bytes (the JSON payload is never smaller than the items' size).
-MAX_BATCH_TURNS = rules.MAX_TURNS_PER_APPEND
-MAX_BATCH_BYTES = rules.MAX_APPEND_BYTES
+MAX_BATCH_TURNS = MAX_TURNS_PER_APPEND
+MAX_BATCH_BYTES = MAX_APPEND_BYTES
 
 
 class _AppendRecord(msgspec.Struct, frozen=True, kw_only=True, tag="append"):
@@ -148,7 +149,7 @@ def decode_append(lsn: int, payload: bytes, appended_at_ms: int) -> BufferedAppe
 
 
 def _check_turns(session_id: str, turns: list[TurnRecord]) -> None:
-    if not 1 <= len(turns) <= rules.MAX_TURNS_PER_APPEND:
+    if not 1 <= len(turns) <= MAX_TURNS_PER_APPEND:
         raise msgspec.DecodeError("a WAL append record holds 1 to 99 turns")
     previous = ""
     for turn in turns:

@@ -10,7 +10,7 @@ from typing import NamedTuple, Protocol
 
 import msgspec
 
-from memsdk.store.base import MetaRecord
+from memsdk.records import MetaRecord
 
 __all__ = ["CacheLookup", "CacheObserver", "CallGate", "MetaCache", "MetaCacheStats"]
 

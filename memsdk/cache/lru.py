@@ -17,7 +17,7 @@ from collections import OrderedDict
 import msgspec
 
 from memsdk.models import Meta, Summary, Turn
-from memsdk.store.base import MetaRecord
+from memsdk.records import MetaRecord
 
 __all__ = ["CacheStats", "CachedWindow", "ContextCache"]
 

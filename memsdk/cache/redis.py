@@ -54,7 +54,7 @@ from memsdk.config import RedisSpec, parse_redis_url
 from memsdk.errors import ConfigError
 from memsdk.jsonshape import too_few_brackets_to_nest, within_depth
 from memsdk.logs import RateLimitedLog
-from memsdk.store.base import MetaRecord
+from memsdk.records import MetaRecord
 
 __all__ = ["RedisMetaCache"]
 

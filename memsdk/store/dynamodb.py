@@ -15,7 +15,11 @@ from typing import Any
 
 from memsdk.config import DynamoDBStoreSpec
 from memsdk.errors import StoreError, StoreUnavailableError
-from memsdk.store.base import (
+from memsdk.limits import BATCH_WRITE_MAX, MAX_TRANSACT_ITEMS
+from memsdk.records import (
+    META_SK,
+    SUMMARY_PREFIX,
+    TURN_PREFIX,
     CommitOutcome,
     MetaRecord,
     MetaStamp,
@@ -24,9 +28,6 @@ from memsdk.store.base import (
     same_turn,
 )
 from memsdk.store.dynamodb_items import (
-    META_SK,
-    SUMMARY_PREFIX,
-    TURN_PREFIX,
     BatchWriteResponse,
     GetMetaResponse,
     Item,
@@ -56,9 +57,6 @@ __all__ = ["TTL_ATTRIBUTE", "DynamoDBStore"]
 
 TTL_ATTRIBUTE = "expires_at"
 
-# DynamoDB's limits for one TransactWriteItems call and one BatchWriteItem call.
-_MAX_TRANSACT_ITEMS = 100
-_BATCH_WRITE_MAX = 25
 # BatchWriteItem re-sends of UnprocessedItems: bounded, with full-jitter backoff, so a
 # throttled purge gives up (StoreUnavailableError) instead of hammering the table.
 _BATCH_MAX_ATTEMPTS = 8
@@ -210,9 +208,9 @@ class DynamoDBStore:
             transact.append(
                 {"Put": {"TableName": self._table, "Item": summary_to_item(sid, write.summary)}}
             )
-        if len(transact) > _MAX_TRANSACT_ITEMS:
+        if len(transact) > MAX_TRANSACT_ITEMS:
             raise StoreError(
-                f"a commit holds at most {_MAX_TRANSACT_ITEMS} items (META + turns + summary), "
+                f"a commit holds at most {MAX_TRANSACT_ITEMS} items (META + turns + summary), "
                 f"got {len(transact)}: split the append",
                 session_id=sid,
                 permanent=True,
@@ -367,8 +365,8 @@ class DynamoDBStore:
                 "Query", params, QueryKeysResponse, session_id, write=False
             )
             keys = [key_of(item) for item in resp.Items]
-            for offset in range(0, len(keys), _BATCH_WRITE_MAX):
-                await self._batch_delete(session_id, keys[offset : offset + _BATCH_WRITE_MAX])
+            for offset in range(0, len(keys), BATCH_WRITE_MAX):
+                await self._batch_delete(session_id, keys[offset : offset + BATCH_WRITE_MAX])
             start_key = None if resp.LastEvaluatedKey is None else key_of(resp.LastEvaluatedKey)
             if start_key is None:
                 return

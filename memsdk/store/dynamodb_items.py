@@ -24,13 +24,17 @@ import msgspec
 
 from memsdk.errors import StoreError
 from memsdk.jsonshape import too_few_brackets_to_nest, within_depth
-from memsdk.store.base import MetaRecord, SummaryRecord, TurnRecord
+from memsdk.records import (
+    META_SK,
+    PK_PREFIX,
+    SUMMARY_PREFIX,
+    TURN_PREFIX,
+    MetaRecord,
+    SummaryRecord,
+    TurnRecord,
+)
 
 __all__ = [
-    "META_SK",
-    "PK_PREFIX",
-    "SUMMARY_PREFIX",
-    "TURN_PREFIX",
     "AttributeValue",
     "BatchWriteResponse",
     "GetMetaResponse",
@@ -63,10 +67,6 @@ T = TypeVar("T")
 AttributeValue = dict[str, Any]
 Item = dict[str, AttributeValue]
 
-PK_PREFIX = "SESSION#"
-META_SK = "META"
-TURN_PREFIX = "TURN#"
-SUMMARY_PREFIX = "SUMMARY#"
 
 _json_encoder = msgspec.json.Encoder()
 _dict_decoder = msgspec.json.Decoder(dict[str, Any])

@@ -31,7 +31,11 @@ import msgspec
 
 from memsdk.errors import StoreError, StoreUnavailableError
 from memsdk.jsonshape import too_few_brackets_to_nest, within_depth
-from memsdk.store.base import (
+from memsdk.records import (
+    META_SK,
+    PK_PREFIX,
+    SUMMARY_PREFIX,
+    TURN_PREFIX,
     CommitOutcome,
     MetaRecord,
     SessionWrite,
@@ -50,9 +54,6 @@ SCHEMA_VERSION = 1
 # Long enough to ride out another process's commit, short enough to report an outage.
 _BUSY_TIMEOUT_MS = 5000
 
-_META_SK = "META"
-_TURN_PREFIX = "TURN#"
-_SUMMARY_PREFIX = "SUMMARY#"
 # '$' is the character after '#': [TURN#, TURN$) holds exactly the keys starting with TURN#.
 _TURN_END = "TURN$"
 
@@ -357,7 +358,7 @@ def _rollback_quietly(conn: sqlite3.Connection) -> None:
 
 
 def _pk(session_id: str) -> str:
-    return "SESSION#" + session_id
+    return PK_PREFIX + session_id
 
 
 def _decode(decoder: msgspec.json.Decoder[_D], body: object) -> _D:
@@ -394,7 +395,7 @@ def _where(exc: msgspec.ValidationError) -> str:
 
 
 def _read_meta(conn: sqlite3.Connection, pk: str) -> MetaRecord | None:
-    row = conn.execute("SELECT body FROM items WHERE pk = ? AND sk = ?", (pk, _META_SK)).fetchone()
+    row = conn.execute("SELECT body FROM items WHERE pk = ? AND sk = ?", (pk, META_SK)).fetchone()
     return None if row is None else _decode(_meta_decoder, row[0])
 
 
@@ -405,11 +406,11 @@ def _get_meta_sync(conn: sqlite3.Connection, *, session_id: str) -> MetaRecord |
 def _query_turns_sync(
     conn: sqlite3.Connection, *, session_id: str, before_turn_id: str | None, limit: int
 ) -> list[TurnRecord]:
-    upper = _TURN_END if before_turn_id is None else _TURN_PREFIX + before_turn_id
+    upper = _TURN_END if before_turn_id is None else TURN_PREFIX + before_turn_id
     rows = conn.execute(
         "SELECT body FROM items WHERE pk = ? AND sk >= ? AND sk < ? ORDER BY sk DESC LIMIT ?",
         # A negative LIMIT means "no limit" to sqlite: clamp so it means "nothing" instead.
-        (_pk(session_id), _TURN_PREFIX, upper, max(limit, 0)),
+        (_pk(session_id), TURN_PREFIX, upper, max(limit, 0)),
     ).fetchall()
     return [_decode(_turn_decoder, body) for (body,) in rows]
 
@@ -442,13 +443,13 @@ def _commit_sync(conn: sqlite3.Connection, *, write: SessionWrite) -> CommitOutc
     pk = _pk(write.meta.session_id)
     # Encoded before BEGIN: the write lock is held no longer than the statements need.
     turn_rows = [
-        (pk, _TURN_PREFIX + turn.turn_id, turn.expires_at, _encode(turn, write))
+        (pk, TURN_PREFIX + turn.turn_id, turn.expires_at, _encode(turn, write))
         for turn in write.turns
     ]
-    upserts = [(pk, _META_SK, write.meta.expires_at, _encode(write.meta, write))]
+    upserts = [(pk, META_SK, write.meta.expires_at, _encode(write.meta, write))]
     if write.summary is not None:
         summary = write.summary
-        sk = _SUMMARY_PREFIX + summary.through_turn_id
+        sk = SUMMARY_PREFIX + summary.through_turn_id
         upserts.append((pk, sk, summary.expires_at, _encode(summary, write)))
 
     with _transaction(conn):
@@ -464,12 +465,12 @@ def _commit_sync(conn: sqlite3.Connection, *, write: SessionWrite) -> CommitOutc
             # becoming a list, key order) does not count as different content.
             if not same_turn(_decode(_turn_decoder, row[0]), _decode(_turn_decoder, body)):
                 raise StoreError(
-                    f"turn id {sk[len(_TURN_PREFIX) :]} already exists with different content;"
+                    f"turn id {sk[len(TURN_PREFIX) :]} already exists with different content;"
                     " turn ids must be unique: this is a memsdk bug, please report it",
                     session_id=write.meta.session_id,
                     permanent=True,
                 )
-            landed.add(sk[len(_TURN_PREFIX) :])
+            landed.add(sk[len(TURN_PREFIX) :])
         if turn_rows and len(landed) == len(turn_rows):
             # An earlier attempt of these turns landed and only its reply was lost. Its META
             # may not be this attempt's (planned on another base, e.g. by a client that
@@ -490,5 +491,5 @@ def _purge_sync(conn: sqlite3.Connection, *, session_id: str, through_turn_id: s
     pk = _pk(session_id)
     delete_range = "DELETE FROM items WHERE pk = ? AND sk >= ? AND sk <= ?"
     with _transaction(conn):
-        conn.execute(delete_range, (pk, _TURN_PREFIX, _TURN_PREFIX + through_turn_id))
-        conn.execute(delete_range, (pk, _SUMMARY_PREFIX, _SUMMARY_PREFIX + through_turn_id))
+        conn.execute(delete_range, (pk, TURN_PREFIX, TURN_PREFIX + through_turn_id))
+        conn.execute(delete_range, (pk, SUMMARY_PREFIX, SUMMARY_PREFIX + through_turn_id))

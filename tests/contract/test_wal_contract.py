@@ -23,7 +23,7 @@ from memsdk.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from memsdk.store.base import CommitOutcome, SessionWrite
+from memsdk.records import CommitOutcome, SessionWrite
 from memsdk.testing import FakeClock, FaultyStore
 from tests.conftest import TEST_TIMEOUTS
 

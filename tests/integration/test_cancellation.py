@@ -22,7 +22,7 @@ from memsdk import Config, MemoryClient, Turn
 from memsdk.cache.redis import RedisMetaCache
 from memsdk.errors import ClientClosedError, MemsdkError
 from memsdk.faultproxy import FaultProxy
-from memsdk.store.base import MetaRecord
+from memsdk.records import MetaRecord
 from tests.harness.redis_server import RedisServer
 
 NOW = 1_900_000_000

@@ -28,7 +28,7 @@ import pytest
 
 from memsdk import Config, MemoryClient, Turn
 from memsdk.errors import ConfigError, MemsdkError, StoreError
-from memsdk.store.base import MetaRecord, SessionWrite, TurnRecord
+from memsdk.records import MetaRecord, SessionWrite, TurnRecord
 from memsdk.store.sqlite import SQLiteStore
 from memsdk.wal.log import WalOptions, WriteAheadLog
 from memsdk.wal.rejected import write_rejected

@@ -26,7 +26,7 @@ from redis.asyncio.cluster import RedisCluster
 from memsdk.cache.base import MetaCache, MetaCacheStats
 from memsdk.cache.redis import RedisMetaCache
 from memsdk.errors import ConfigError
-from memsdk.store.base import MetaRecord, SummaryRecord
+from memsdk.records import MetaRecord, SummaryRecord
 from tests.harness.redis_server import RedisCluster3, RedisServer, free_port, make_tls_files
 
 NOW = 1_900_000_000  # a fixed "now" in epoch seconds: TTLs are computed from it, never waited

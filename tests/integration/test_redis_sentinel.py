@@ -22,7 +22,7 @@ import memsdk.cache.redis as redis_cache
 from memsdk import MemoryClient, Turn
 from memsdk.cache.redis import RedisMetaCache
 from memsdk.config import Config
-from memsdk.store.base import MetaRecord
+from memsdk.records import MetaRecord
 from tests.harness.redis_server import (
     RedisSentinel,
     RedisSentinelGroup,

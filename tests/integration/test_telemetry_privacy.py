@@ -33,7 +33,8 @@ from memsdk.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from memsdk.store.base import CommitOutcome, MetaRecord, SessionWrite, Store, TurnRecord
+from memsdk.records import CommitOutcome, MetaRecord, SessionWrite, TurnRecord
+from memsdk.store.base import Store
 from memsdk.store.sqlite import SQLiteStore
 from tests.conftest import TEST_TIMEOUTS
 from tests.harness.redis_server import RedisServer

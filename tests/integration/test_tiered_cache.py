@@ -20,7 +20,7 @@ from memsdk.cache.redis import RedisMetaCache
 from memsdk.client import build_store, redis_namespace
 from memsdk.config import Config
 from memsdk.errors import StoreUnavailableError
-from memsdk.store.base import MetaRecord
+from memsdk.records import MetaRecord
 from memsdk.testing import CountingStore, FakeClock, FaultyStore
 from tests.conftest import TEST_TIMEOUTS, ClientFactory
 from tests.harness.redis_server import RedisCluster3, RedisServer, free_port

@@ -17,8 +17,8 @@ import pytest
 from memsdk import Config, MemoryClient, Turn
 from memsdk.client import build_store, redis_namespace
 from memsdk.errors import SessionOwnershipError, StoreError
-from memsdk.session import MAX_WINDOW_EXTENSION_TURNS
-from memsdk.store.base import MetaRecord
+from memsdk.limits import MAX_WINDOW_EXTENSION_TURNS
+from memsdk.records import MetaRecord
 from memsdk.testing import CountingStore, FakeClock, FaultyStore
 from memsdk.wal.log import WalOptions, WriteAheadLog
 from tests.conftest import TEST_TIMEOUTS

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from memsdk.cache import redis as redis_cache
 from memsdk.config import DynamoDBStoreSpec
 from memsdk.errors import StoreError
-from memsdk.store.base import MetaRecord
+from memsdk.records import MetaRecord
 from memsdk.store.dynamodb import DynamoDBStore
 from memsdk.store.dynamodb_lean import LeanDataPath
 from memsdk.store.sqlite import SQLiteStore

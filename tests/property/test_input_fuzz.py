@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from memsdk import Config, MemoryClient, Turn, errors
 from memsdk.client import build_store
-from memsdk.config import DYNAMODB_ITEM_LIMIT
+from memsdk.limits import DYNAMODB_ITEM_LIMIT
 from memsdk.testing import CountingStore
 from tests.conftest import TEST_TIMEOUTS, new_dynamodb_table
 from tests.property.conftest import profile_settings

@@ -12,9 +12,9 @@ import pytest
 from memsdk import Config, MemoryClient, Turn
 from memsdk.errors import StoreError, StoreUnavailableError
 from memsdk.guard import GuardedStore
+from memsdk.records import MetaRecord
 from memsdk.resilience.breaker import BreakerPolicy, CircuitBreaker
 from memsdk.resilience.bulkhead import Bulkhead
-from memsdk.store.base import MetaRecord
 from memsdk.store.sqlite import SQLiteStore
 from memsdk.testing import FaultyStore
 

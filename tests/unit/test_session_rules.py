@@ -7,18 +7,18 @@ import pytest
 from memsdk import Turn
 from memsdk.errors import InvalidSessionIdError, SessionOwnershipError, TurnTooLargeError
 from memsdk.ids import TurnIdGenerator
+from memsdk.limits import turn_item_bytes
+from memsdk.records import TurnRecord, same_turn
 from memsdk.session import (
     high_water,
     plan_append,
     plan_buffered_append,
     plan_delete,
     select_window,
-    turn_item_bytes,
     validate_session_id,
     validate_turns,
     visible_turns,
 )
-from memsdk.store.base import TurnRecord, same_turn
 
 
 def rec(i: int, role: str = "user", expires_at: int = 10**10) -> TurnRecord:

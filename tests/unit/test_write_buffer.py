@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from memsdk.models import Context, Meta, Turn
-from memsdk.store.base import TurnRecord
+from memsdk.records import TurnRecord
 from memsdk.write_buffer import (
     BufferedAppend,
     OverlayUncertain,
