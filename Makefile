@@ -13,18 +13,18 @@ DOCS_STAMP := $(VENV)/.installed-docs
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,redis,otel]'
+	$(BIN)/pip install --quiet -e '.[dev,dynamodb,redis,otel]'
 	touch $(STAMP)
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/pip install --quiet -e '.[dev,redis,otel,bench]'
+	$(BIN)/pip install --quiet -e '.[dev,dynamodb,redis,otel,bench]'
 	touch $(BENCH_STAMP)
 
 install: $(STAMP)
 
 # The docs extra, on top of what the install stamp installs (one resolution for all of it).
 $(DOCS_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/pip install --quiet -e '.[dev,redis,otel,docs]'
+	$(BIN)/pip install --quiet -e '.[dev,dynamodb,redis,otel,docs]'
 	touch $(DOCS_STAMP)
 
 tools:
@@ -47,10 +47,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict memsdk
 
-# The documentation site into site/ (git-ignored). --strict: a broken link or anchor, or a
-# docstring mkdocstrings cannot render, fails the build. NO_MKDOCS_2_WARNING silences
-# Material's banner about MkDocs 2.0 (printed, not a build warning).
+# The documentation site into site/ (git-ignored). First, no page, comment or docstring may
+# name a file the repository does not hold (scripts/check_doc_refs.py). --strict: a broken
+# link or anchor, or a docstring mkdocstrings cannot render, fails the build.
+# NO_MKDOCS_2_WARNING silences Material's banner about MkDocs 2.0 (printed, not a warning).
 docs: $(DOCS_STAMP)
+	$(BIN)/python scripts/check_doc_refs.py
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 test: $(STAMP) dynamodb-local lint typecheck docs

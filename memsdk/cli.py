@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from memsdk.config import Config, DynamoDBStoreSpec
-from memsdk.errors import MemsdkError
+from memsdk.errors import ConfigError, MemsdkError
 
 __all__ = ["main"]
 
@@ -65,7 +65,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--redis-url",
         default=os.environ.get("MEMSDK_REDIS_URL"),
-        help="use a Redis META cache (default: $MEMSDK_REDIS_URL, else none)",
+        help="use a Redis META cache (default: $MEMSDK_REDIS_URL, else none; needs memsdk[redis])",
     )
     sim.add_argument(
         "--chaos",
@@ -98,7 +98,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
-    table = sub.add_parser("create-table", help="create the DynamoDB table (idempotent)")
+    table = sub.add_parser(
+        "create-table", help="create the DynamoDB table (idempotent; needs memsdk[dynamodb])"
+    )
     _store_arg(table, None)
 
     inspect = sub.add_parser("inspect", help="show a session's META and newest turns")
@@ -227,7 +229,10 @@ async def _create_table(args: argparse.Namespace) -> int:
     if not isinstance(spec, DynamoDBStoreSpec):
         print("memsdk: create-table needs a dynamodb:// store URL", file=sys.stderr)
         return 2
-    from memsdk.store.dynamodb_aioboto3 import create_table
+    try:
+        from memsdk.store.dynamodb_aioboto3 import create_table
+    except ImportError as exc:  # the `dynamodb` extra is not installed
+        raise ConfigError("create-table needs aioboto3: pip install 'memsdk[dynamodb]'") from exc
 
     created = await create_table(spec)
     state = "created" if created else "already existed"
