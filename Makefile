@@ -47,10 +47,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict memsdk
 
-# The documentation site into site/ (git-ignored). --strict: a broken link or anchor, or a
-# docstring mkdocstrings cannot render, fails the build. NO_MKDOCS_2_WARNING silences
-# Material's banner about MkDocs 2.0 (printed, not a build warning).
+# The documentation site into site/ (git-ignored). First, no page, comment or docstring may
+# name a file the repository does not hold (scripts/check_doc_refs.py). --strict: a broken
+# link or anchor, or a docstring mkdocstrings cannot render, fails the build.
+# NO_MKDOCS_2_WARNING silences Material's banner about MkDocs 2.0 (printed, not a warning).
 docs: $(DOCS_STAMP)
+	$(BIN)/python scripts/check_doc_refs.py
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 test: $(STAMP) dynamodb-local lint typecheck docs

@@ -1,4 +1,4 @@
-"""The contract of DESIGN.md section 6, run through the public API on every store.
+"""The client's contract (docs/guarantees.md), run through the public API on every store.
 
 Each test gets a fresh SQLite file or a fresh DynamoDB Local table (see tests/conftest.py).
 """

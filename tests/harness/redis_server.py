@@ -434,7 +434,7 @@ class RedisSentinel(RedisServer):
 class RedisSentinelGroup:
     """A primary, one replica (or more) and three Sentinels (quorum 2) on loopback ports.
 
-    FAULTS.md row 7's topology: `down-after-milliseconds 1000`, `failover-timeout 5000`.
+    The failover tests' topology: `down-after-milliseconds 1000`, `failover-timeout 5000`.
     The data nodes replicate with an ACL user of their own (`repl`) and the Sentinels use
     another (`sentinel`), so that a test can cut the replica (block_replication), or the
     replica and the Sentinels (partition_primary), off the primary without touching the

@@ -1,4 +1,4 @@
-"""Cancellation and deadlines against real services (guarantee 10, FAULTS.md row 18).
+"""Cancellation and deadlines against real services (guarantee 10 of docs/guarantees.md).
 
 A cancel is delivered when `task.cancel()` returns True (the task had not finished yet):
 from then on the task must end cancelled, whatever dependency it was waiting on. These

@@ -1,4 +1,4 @@
-"""Chaos against the store (FAULTS.md rows 1, 3, 4): DynamoDB Local behind the fault proxy.
+"""Store throttling, slow replies and outages: DynamoDB Local behind the fault proxy.
 
 Short versions run in the default suite; the long ones (`@pytest.mark.long`, `make chaos`)
 are issue 6's acceptance runs at full length; the proxy's counts are exact, so they measure

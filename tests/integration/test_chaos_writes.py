@@ -1,4 +1,4 @@
-"""Chaos on the write path (FAULTS.md rows 2 and 17): DynamoDB Local behind the fault proxy.
+"""Chaos on the write path (lost replies, a surge): DynamoDB Local behind the fault proxy.
 
 - Lost replies: the proxy forwards a request, DynamoDB Local applies it, and the client's
   connection is reset before the answer. Every acknowledged turn must be stored exactly

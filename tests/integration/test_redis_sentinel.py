@@ -1,4 +1,4 @@
-"""Redis behind Sentinel (FAULTS.md row 7): failover, a lost acknowledged SET, a fenced primary.
+"""Redis behind Sentinel (docs/caching.md): failover, a lost acknowledged SET, a fenced primary.
 
 Every test starts its own group on free loopback ports (tests/harness/redis_server.py): a
 primary, a replica and three Sentinels, `down-after-milliseconds 1000`, `failover-timeout

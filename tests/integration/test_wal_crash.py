@@ -1,6 +1,6 @@
 """SIGKILL a buffered writer at random moments: no acknowledged turn is lost or doubled.
 
-FAULTS.md row 9, DESIGN.md section 4 and guarantees 1, 2, 4. A child process
+docs/durability.md (the crash window) and guarantees 1, 2, 4. A child process
 (tests/integration/wal_child.py) appends at full speed from 12 concurrent tasks (8 sessions of
 their own, 2 sessions shared by 2 tasks each) through a MemoryClient with a WAL, and prints
 each receipt after `append_turns` returns. The parent kills it with SIGKILL at a seeded random

@@ -1,4 +1,4 @@
-"""A real full disk under the WAL (FAULTS.md row 10): ENOSPC from the kernel, not a mock.
+"""A real full disk under the WAL (docs/durability.md): ENOSPC from the kernel, not a mock.
 
 The WAL sits on a 192 KiB tmpfs while its budget (`wal_max_bytes`) is far larger, so the
 filesystem fills first. Appends that cannot reach the disk raise BackpressureError and are

@@ -1,7 +1,7 @@
 """A store outage in buffered mode: appends keep landing in the WAL, then drain exactly once.
 
-FAULTS.md row 4 (full outage) and DESIGN.md section 4 (bounded log, BackpressureError, one
-process per WAL directory), guarantees 1, 2, 4 and 7. The outage is real: a private DynamoDB
+A full outage, and docs/durability.md's bounds (bounded log, BackpressureError, one process
+per WAL directory), guarantees 1, 2, 4 and 7. The outage is real: a private DynamoDB
 Local keeps its tables in a file (`-sharedDb -dbPath`), the test stops it (connections are
 refused) and later starts it again on the same port with its data.
 """

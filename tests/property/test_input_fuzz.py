@@ -1,4 +1,4 @@
-"""Input fuzzing (FAULTS.md rows 14, 15): every input is stored exactly or refused clearly.
+"""Input fuzzing (docs/guarantees.md, inputs): every input is stored exactly or refused clearly.
 
 Session ids, Unicode text (lone surrogates included), nested and non-JSON attributes, and
 turn sizes around the item limit, on SQLite and on DynamoDB Local, through a synchronous

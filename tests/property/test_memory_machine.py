@@ -1,4 +1,4 @@
-"""The state machine of tests/property/machine.py on each store (DESIGN.md section 7)."""
+"""The state machine of tests/property/machine.py on each store (docs/guarantees.md)."""
 
 from __future__ import annotations
 

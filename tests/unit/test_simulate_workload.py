@@ -1,4 +1,4 @@
-"""The seeded workload model: repeatable, and shaped like the seed's traffic (DESIGN.md §1)."""
+"""The seeded workload model: repeatable, and shaped like the seed's traffic (docs/simulate.md)."""
 
 from __future__ import annotations
 
