@@ -22,21 +22,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TypeVar
 
 from memsdk.errors import StoreError, StoreUnavailableError
 from memsdk.resilience.breaker import CircuitBreaker
 from memsdk.resilience.budget import RetryBudget
 from memsdk.resilience.bulkhead import Bulkhead, BulkheadFullError
-from memsdk.store.base import CommitOutcome, MetaRecord, SessionWrite, Store, TurnRecord
+from memsdk.store.base import Store
+from memsdk.store.wrapper import StoreCall, StoreWrapper
 
 __all__ = ["GuardedStore", "RetryGateWhileClosed"]
 
 T = TypeVar("T")
 
 
-class GuardedStore:
+class GuardedStore(StoreWrapper):
     """Wraps a Store with a circuit breaker and a bound on calls in flight."""
 
     def __init__(
@@ -50,55 +51,16 @@ class GuardedStore:
         on_shed: Callable[[], None] = lambda: None,
     ) -> None:
         """`on_shed` is told of each call the bulkhead refused (a full queue)."""
-        self.inner = inner
+        super().__init__(inner)
         self._on_shed = on_shed
         self.breaker = breaker
         self.bulkhead = bulkhead
         self._slow_call_s = slow_call_s
         self._monotonic = monotonic
 
-    @property
-    def description(self) -> str:
-        """The wrapped store's description."""
-        return self.inner.description
-
-    async def open(self) -> None:
-        """Open the wrapped store."""
-        await self.inner.open()
-
-    async def aclose(self) -> None:
-        """Close the wrapped store."""
-        await self.inner.aclose()
-
-    async def get_meta(self, session_id: str, *, consistent: bool) -> MetaRecord | None:
-        """The wrapped get_meta, guarded."""
-        return await self._guard(
-            session_id, lambda: self.inner.get_meta(session_id, consistent=consistent)
-        )
-
-    async def query_turns(
-        self, session_id: str, *, before_turn_id: str | None, limit: int, consistent: bool
-    ) -> list[TurnRecord]:
-        """The wrapped query_turns, guarded."""
-        return await self._guard(
-            session_id,
-            lambda: self.inner.query_turns(
-                session_id, before_turn_id=before_turn_id, limit=limit, consistent=consistent
-            ),
-        )
-
-    async def commit(self, write: SessionWrite) -> CommitOutcome:
-        """The wrapped commit, guarded."""
-        return await self._guard(write.meta.session_id, lambda: self.inner.commit(write))
-
-    async def purge_session(self, session_id: str, *, through_turn_id: str) -> None:
-        """The wrapped purge_session, guarded."""
-        await self._guard(
-            session_id,
-            lambda: self.inner.purge_session(session_id, through_turn_id=through_turn_id),
-        )
-
-    async def _guard(self, session_id: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def around(self, call: StoreCall[T]) -> T:
+        """The wrapped call, guarded: refused while the breaker is open, else in a slot."""
+        session_id = call.session_id
         breaker = self.breaker
         if not breaker.try_acquire():
             raise StoreUnavailableError(
@@ -112,7 +74,7 @@ class GuardedStore:
         try:
             async with self.bulkhead.slot():
                 started = self._monotonic()
-                result = await call()
+                result = await call.run()
         except StoreUnavailableError as exc:
             if exc.throttled:
                 breaker.record_neutral()

@@ -17,8 +17,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from memsdk.store.base import CommitOutcome, MetaRecord, SessionWrite, Store, TurnRecord
+from memsdk.store.base import Store
 from memsdk.store.dynamodb_path import DataPath
+from memsdk.store.wrapper import StoreCall, StoreWrapper, Wrapper
 from memsdk.telemetry import Telemetry
 
 __all__ = ["ObservedDataPath", "ObservedStore", "RedisObserver", "server_attributes"]
@@ -44,8 +45,12 @@ def server_attributes(url: str | None, default_port: int | None = None) -> dict[
     return attrs
 
 
-class ObservedDataPath:
-    """A DynamoDB DataPath whose every call is a client span and a latency measurement."""
+class ObservedDataPath(Wrapper[DataPath]):
+    """A DynamoDB DataPath whose every call is a client span and a latency measurement.
+
+    Its protocol's one data method, `call`, already is the hook: only the lifecycle is
+    forwarded (by Wrapper).
+    """
 
     def __init__(
         self,
@@ -56,7 +61,7 @@ class ObservedDataPath:
         endpoint: str,
         breaker_state: Callable[[], str],
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self._telemetry = telemetry
         self._table = table
         self._breaker_state = breaker_state
@@ -64,19 +69,6 @@ class ObservedDataPath:
             "aws.dynamodb.table_names": (table,),
             **server_attributes(endpoint),
         }
-
-    @property
-    def description(self) -> str:
-        """The wrapped path's description."""
-        return self.inner.description
-
-    async def open(self) -> None:
-        """Open the wrapped path."""
-        await self.inner.open()
-
-    async def aclose(self) -> None:
-        """Close the wrapped path."""
-        await self.inner.aclose()
 
     async def call(
         self,
@@ -98,50 +90,18 @@ class ObservedDataPath:
             )
 
 
-class ObservedStore:
+class ObservedStore(StoreWrapper):
     """A Store whose every method is a client span (SQLite, or a store a user passed in)."""
 
     def __init__(self, inner: Store, telemetry: Telemetry, *, system: str) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self._telemetry = telemetry
         self._system = system
 
-    @property
-    def description(self) -> str:
-        """The wrapped store's description."""
-        return self.inner.description
-
-    async def open(self) -> None:
-        """Open the wrapped store."""
-        await self.inner.open()
-
-    async def aclose(self) -> None:
-        """Close the wrapped store."""
-        await self.inner.aclose()
-
-    async def get_meta(self, session_id: str, *, consistent: bool) -> MetaRecord | None:
-        """The wrapped get_meta in a span."""
-        with self._telemetry.dependency(self._system, "get_meta"):
-            return await self.inner.get_meta(session_id, consistent=consistent)
-
-    async def query_turns(
-        self, session_id: str, *, before_turn_id: str | None, limit: int, consistent: bool
-    ) -> list[TurnRecord]:
-        """The wrapped query_turns in a span."""
-        with self._telemetry.dependency(self._system, "query_turns"):
-            return await self.inner.query_turns(
-                session_id, before_turn_id=before_turn_id, limit=limit, consistent=consistent
-            )
-
-    async def commit(self, write: SessionWrite) -> CommitOutcome:
-        """The wrapped commit in a span."""
-        with self._telemetry.dependency(self._system, "commit"):
-            return await self.inner.commit(write)
-
-    async def purge_session(self, session_id: str, *, through_turn_id: str) -> None:
-        """The wrapped purge_session in a span."""
-        with self._telemetry.dependency(self._system, "purge_session"):
-            await self.inner.purge_session(session_id, through_turn_id=through_turn_id)
+    async def around(self, call: StoreCall[T]) -> T:
+        """The wrapped call in a span named after its operation."""
+        with self._telemetry.dependency(self._system, call.operation):
+            return await call.run()
 
 
 _LOOKUP_RESULTS = {"hit": "hit", "miss": "miss", "error": "error", "bypassed": "bypassed"}

@@ -10,11 +10,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from typing import TypeVar, cast
 
 from memsdk.errors import StoreUnavailableError
-from memsdk.store.base import CommitOutcome, MetaRecord, SessionWrite, Store, TurnRecord
+from memsdk.store.base import Store, TurnRecord
+from memsdk.store.wrapper import StoreCall, StoreWrapper
 
 __all__ = ["CountingStore", "FakeClock", "FaultyStore"]
+
+T = TypeVar("T")
 
 
 class FakeClock:
@@ -34,125 +38,61 @@ class FakeClock:
         self.now_ms += int(seconds * 1000)
 
 
-class CountingStore:
+class CountingStore(StoreWrapper):
     """Wraps a Store and counts calls per method and items returned by reads."""
 
     def __init__(self, inner: Store) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.calls: Counter[str] = Counter()
         self.items_read = 0
-
-    @property
-    def description(self) -> str:
-        """The wrapped store's description."""
-        return self.inner.description
 
     def reset(self) -> None:
         """Zero every counter."""
         self.calls.clear()
         self.items_read = 0
 
-    async def open(self) -> None:
-        """Open the wrapped store."""
-        await self.inner.open()
-
-    async def aclose(self) -> None:
-        """Close the wrapped store."""
-        await self.inner.aclose()
-
-    async def get_meta(self, session_id: str, *, consistent: bool) -> MetaRecord | None:
-        """Count, then delegate."""
-        self.calls["get_meta"] += 1
-        meta = await self.inner.get_meta(session_id, consistent=consistent)
-        self.items_read += meta is not None
-        return meta
-
-    async def query_turns(
-        self, session_id: str, *, before_turn_id: str | None, limit: int, consistent: bool
-    ) -> list[TurnRecord]:
-        """Count, then delegate."""
-        self.calls["query_turns"] += 1
-        turns = await self.inner.query_turns(
-            session_id, before_turn_id=before_turn_id, limit=limit, consistent=consistent
-        )
-        self.items_read += len(turns)
-        return turns
-
-    async def commit(self, write: SessionWrite) -> CommitOutcome:
-        """Count, then delegate."""
-        self.calls["commit"] += 1
-        return await self.inner.commit(write)
-
-    async def purge_session(self, session_id: str, *, through_turn_id: str) -> None:
-        """Count, then delegate."""
-        self.calls["purge_session"] += 1
-        await self.inner.purge_session(session_id, through_turn_id=through_turn_id)
+    async def around(self, call: StoreCall[T]) -> T:
+        """Count, then delegate; a read's items count once it returned."""
+        self.calls[call.operation] += 1
+        result = await call.run()
+        if call.operation == "get_meta":
+            self.items_read += result is not None
+        elif call.operation == "query_turns":
+            self.items_read += len(cast("list[TurnRecord]", result))
+        return result
 
 
-class FaultyStore:
+class FaultyStore(StoreWrapper):
     """Wraps a Store and fails on command, the way a store outage looks to memsdk.
 
     `down = True`: every call raises StoreUnavailableError before reaching the store.
     `lose_commit_replies = n`: the next n commits are applied, then raise
     StoreUnavailableError(maybe_applied=True), as when a reply is lost on the network.
     `delay_s = 0.5`: every call waits that long first, as a slow store does.
+    open and aclose always reach the store (even when down: connections are lazy).
     """
 
     def __init__(self, inner: Store) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.down = False
         self.lose_commit_replies = 0
         self.delay_s = 0.0
         self.refused = 0
 
-    @property
-    def description(self) -> str:
-        """The wrapped store's description."""
-        return self.inner.description
-
-    async def _check(self, session_id: str | None) -> None:
+    async def around(self, call: StoreCall[T]) -> T:
+        """Wait delay_s; fail when down; else delegate, and lose a commit's reply when told."""
         if self.delay_s > 0:
             await asyncio.sleep(self.delay_s)
         if self.down:
             self.refused += 1
-            raise StoreUnavailableError("FaultyStore is down (test)", session_id=session_id)
-
-    async def open(self) -> None:
-        """Open the wrapped store (even when down: connections are lazy)."""
-        await self.inner.open()
-
-    async def aclose(self) -> None:
-        """Close the wrapped store."""
-        await self.inner.aclose()
-
-    async def get_meta(self, session_id: str, *, consistent: bool) -> MetaRecord | None:
-        """Wait delay_s; fail when down, else delegate."""
-        await self._check(session_id)
-        return await self.inner.get_meta(session_id, consistent=consistent)
-
-    async def query_turns(
-        self, session_id: str, *, before_turn_id: str | None, limit: int, consistent: bool
-    ) -> list[TurnRecord]:
-        """Wait delay_s; fail when down, else delegate."""
-        await self._check(session_id)
-        return await self.inner.query_turns(
-            session_id, before_turn_id=before_turn_id, limit=limit, consistent=consistent
-        )
-
-    async def commit(self, write: SessionWrite) -> CommitOutcome:
-        """Wait delay_s; fail when down; apply, then lose the reply when told to."""
-        await self._check(write.meta.session_id)
-        outcome = await self.inner.commit(write)
-        if self.lose_commit_replies > 0:
+            raise StoreUnavailableError("FaultyStore is down (test)", session_id=call.session_id)
+        result = await call.run()
+        if call.operation == "commit" and self.lose_commit_replies > 0:
             self.lose_commit_replies -= 1
             raise StoreUnavailableError(
                 "FaultyStore lost the reply (test)",
-                session_id=write.meta.session_id,
+                session_id=call.session_id,
                 maybe_applied=True,
             )
-        return outcome
+        return result
 
-    async def purge_session(self, session_id: str, *, through_turn_id: str) -> None:
-        """Wait delay_s; fail when down, else delegate."""
-        await self._check(session_id)
-        await self.inner.purge_session(session_id, through_turn_id=through_turn_id)
