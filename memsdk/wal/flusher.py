@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
+from memsdk.backoff import Backoff
 from memsdk.tasks import stop_tasks
 
 __all__ = ["FlushTimeoutError", "Flusher", "FlusherStats", "FlusherStoppedError", "PendingEntry"]
@@ -94,10 +94,8 @@ class Flusher(Generic[E]):
         on_reject: Callable[[str, list[E], BaseException], Awaitable[None]],
         batch_fits: Callable[[Sequence[E], E], bool],
         concurrency: int,
-        backoff_base_s: float = 0.05,
-        backoff_cap_s: float = 5.0,
+        backoff: Backoff | None = None,
         monotonic: Callable[[], float] | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         retry_after: Callable[[BaseException], float | None] = lambda exc: None,
     ) -> None:
         self._apply = apply
@@ -107,10 +105,9 @@ class Flusher(Generic[E]):
         self._on_reject = on_reject
         self._batch_fits = batch_fits
         self._concurrency = concurrency
-        self._backoff_base_s = backoff_base_s
-        self._backoff_cap_s = backoff_cap_s
+        # Shared by every worker: one failure backs them all off (the store is one).
+        self.backoff = backoff if backoff is not None else Backoff.exponential(0.05, 5.0)
         self._monotonic = monotonic
-        self._sleep = sleep
         self._by_key: dict[str, deque[E]] = {}
         self._pending: dict[int, E] = {}  # insertion order is log order
         self._ready: asyncio.Queue[str] = asyncio.Queue()
@@ -269,17 +266,10 @@ class Flusher(Generic[E]):
                 if hint is not None:
                     # Not sent: probe from when a call may go (plus jitter).
                     self._failures = max(self._failures, 1)
-                    delay = max(hint, self._backoff_base_s) + random.uniform(
-                        0, self._backoff_base_s
-                    )
+                    delay = self.backoff.after_hint(hint)
                 else:
                     self._failures += 1
-                    delay = random.uniform(
-                        0,
-                        min(
-                            self._backoff_cap_s, self._backoff_base_s * 2 ** min(self._failures, 16)
-                        ),
-                    )
+                    delay = self.backoff.delay(self._failures)
                 self._resume_at = max(self._resume_at, self._now() + delay)
                 return
             await self._on_reject(key, batch, exc)
@@ -299,7 +289,7 @@ class Flusher(Generic[E]):
     async def _wait_out_backoff(self) -> None:
         # In slices, so that resume_now() takes effect within a slice, not a whole backoff.
         while (delay := self._resume_at - self._now()) > 0:
-            await self._sleep(min(delay, _BACKOFF_SLICE_S))
+            await self.backoff.sleep(min(delay, _BACKOFF_SLICE_S))
 
     async def _done(self, key: str, batch: list[E]) -> None:
         queue = self._by_key[key]

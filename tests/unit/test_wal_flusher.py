@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from memsdk.backoff import Backoff
 from memsdk.wal.flusher import Flusher, FlusherStoppedError, FlushTimeoutError
 
 
@@ -67,8 +68,7 @@ def make(rec: Recorder, *, concurrency: int = 4, max_batch: int = 3) -> Flusher[
         on_reject=rec.reject,
         batch_fits=fits,
         concurrency=concurrency,
-        backoff_base_s=0.001,
-        backoff_cap_s=0.01,
+        backoff=Backoff.exponential(0.001, 0.01),
     )
 
 
@@ -149,8 +149,7 @@ async def test_probes_are_serialized_during_failures() -> None:
         on_reject=rec.reject,
         batch_fits=lambda batch, entry: False,
         concurrency=8,
-        backoff_base_s=0.001,
-        backoff_cap_s=0.005,
+        backoff=Backoff.exponential(0.001, 0.005),
     )
 
     async def until_failed(count: int) -> None:
@@ -255,10 +254,8 @@ async def test_a_refusal_waits_exactly_its_retry_after_without_growing_the_backo
         on_reject=rec.reject,
         batch_fits=lambda batch, entry: True,
         concurrency=4,
-        backoff_base_s=0.05,
-        backoff_cap_s=5.0,
+        backoff=Backoff.exponential(0.05, 5.0).driven_by(sleep=sleep),
         monotonic=lambda: now[0],
-        sleep=sleep,
         retry_after=lambda exc: exc.after_s if isinstance(exc, Refused) else None,
     )
     flusher.start()
@@ -292,7 +289,7 @@ async def test_resume_now_ends_the_backoff_within_a_slice() -> None:
         on_reject=rec.reject,
         batch_fits=lambda batch, entry: True,
         concurrency=2,
-        sleep=sleep,
+        backoff=Backoff.exponential(0.05, 5.0).driven_by(sleep=sleep),
         retry_after=lambda exc: exc.after_s if isinstance(exc, Refused) else None,
     )
     flusher.start()
@@ -347,8 +344,7 @@ async def test_after_a_failure_the_drain_ramps_up_one_batch_at_a_time() -> None:
         on_reject=rec.reject,
         batch_fits=lambda batch, entry: False,
         concurrency=8,
-        backoff_base_s=0.001,
-        backoff_cap_s=0.01,
+        backoff=Backoff.exponential(0.001, 0.01),
     )
     flusher.start()
     try:
