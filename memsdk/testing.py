@@ -1,5 +1,5 @@
-"""A test kit for users of memsdk: a controllable clock, a store that counts its traffic and
-a store that fails on command.
+"""A test kit for users of memsdk: a controllable clock, a store that counts its traffic, a
+store that fails on command, and a crash.
 
 For an in-memory store in your own tests use `Config(store="sqlite:///:memory:")`: it is the
 real embedded store, not a mock, so your tests see the behaviour production sees.
@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from typing import TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from memsdk.errors import StoreUnavailableError
 from memsdk.store.base import Store, TurnRecord
 from memsdk.store.wrapper import StoreCall, StoreWrapper
 
-__all__ = ["CountingStore", "FakeClock", "FaultyStore"]
+if TYPE_CHECKING:
+    from memsdk.client import MemoryClient
+
+__all__ = ["CountingStore", "FakeClock", "FaultyStore", "crash"]
 
 T = TypeVar("T")
 
@@ -96,3 +99,12 @@ class FaultyStore(StoreWrapper):
             )
         return result
 
+
+async def crash(client: MemoryClient, *, write_queued: bool = False) -> None:
+    """Stop `client` as kill -9 would: no drain, no last confirmations, background work and
+    connections dropped, the wal_dir lock released so that a new client can open the log.
+
+    `write_queued`: let the log write what it had already queued (confirmations), as a
+    kill a moment later would. The client is closed afterwards.
+    """
+    await client._abandon(write_queued=write_queued)

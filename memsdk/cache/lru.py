@@ -87,8 +87,6 @@ class ContextCache:
         self._max_bytes = max_bytes
         self._entries: OrderedDict[str, CachedWindow] = OrderedDict()
         self._bytes = 0
-        self.hits = 0
-        self.misses = 0
         self.evictions = 0
 
     def get(self, session_id: str) -> CachedWindow | None:
@@ -151,13 +149,14 @@ class ContextCache:
         if entry is not None:
             self._bytes -= entry.size
 
-    def stats(self) -> CacheStats:
-        """Counters and sizes; no I/O."""
+    def stats(self, *, hits: int = 0, misses: int = 0) -> CacheStats:
+        """Sizes and evictions; `hits` and `misses` are counted by the owner, which alone
+        knows whether a window it got was served (memsdk.session_cache)."""
         return CacheStats(
             entries=len(self._entries),
             bytes=self._bytes,
             max_bytes=self._max_bytes,
-            hits=self.hits,
-            misses=self.misses,
+            hits=hits,
+            misses=misses,
             evictions=self.evictions,
         )

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from memsdk.client import MemoryClient, build_store
+from memsdk.client import MemoryClient
 from memsdk.config import Config, DynamoDBStoreSpec, SQLiteStoreSpec
 from memsdk.errors import ConfigError, MemsdkError, StoreUnavailableError
 from memsdk.models import Context, Turn
@@ -40,6 +40,7 @@ from memsdk.simulate.stats import EventCounts, HealthSampler, LatencyRecorder
 from memsdk.simulate.verify import Ledger, SessionLedger, verify
 from memsdk.simulate.workload import SessionPlan, SlotScript, WorkloadShape
 from memsdk.store.base import Store
+from memsdk.wiring import build_store
 
 __all__ = ["BeforeVerify", "SimulationOptions", "run_simulation"]
 

@@ -54,6 +54,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from memsdk.errors import ConfigError
+from memsdk.tasks import stop_tasks
 
 __all__ = [
     "OPEN_NOFOLLOW",
@@ -275,16 +276,14 @@ class WriteAheadLog:
         self._dir = wal_dir
         self._options = options
         self._clock_ms = clock_ms
-        self._ops = file_ops
         self._executor = executor
-        self._lock_fd = opened.lock_fd
+        self._files = _SegmentFiles(wal_dir, options.segment_bytes, opened.lock_fd, file_ops)
         self._segments = opened.segments
         # lsn -> (payload bytes, appended_at_ms, segment); insertion order is lsn order.
         self._pending = opened.pending
         self._pending_bytes = sum(size for size, _, _ in opened.pending.values())
         self._next_lsn = opened.next_lsn
         self._quarantined = opened.quarantined_files
-        self._active: _Segment | None = None  # touched by the worker thread only during a job
         self._queue: collections.deque[_Append] = collections.deque()
         self._confirms: list[int] = []
         self._reserved = 0  # frame bytes queued or in flight, not yet in segment sizes
@@ -299,8 +298,6 @@ class WriteAheadLog:
         self._close_task: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._appends = 0
-        self._fsyncs = 0
-        self._batches = 0
         self._failed = False
         self._io_errors = 0
 
@@ -337,12 +334,14 @@ class WriteAheadLog:
         # full, open still succeeds (the pending records must be replayable) and the first
         # batch tries again.
         try:
-            segment = await loop.run_in_executor(executor, log._start_segment, opened.next_lsn)
+            segment = await loop.run_in_executor(
+                executor, log._files.start_segment, opened.next_lsn
+            )
         except OSError as exc:
             logger.warning("WAL: could not start a segment at open (%s)", _errno_name(exc))
         except BaseException:
             # Runs after the segment start it interrupted.
-            await _settle(executor, executor.submit(log._release))
+            await _settle(executor, executor.submit(log._files.release))
             raise
         else:
             log._segments.append(segment)
@@ -418,8 +417,8 @@ class WriteAheadLog:
             pending_bytes=self._pending_bytes,
             oldest_pending_ms=oldest,
             appends=self._appends,
-            fsyncs=self._fsyncs,
-            batches=self._batches,
+            fsyncs=self._files.fsyncs,
+            batches=self._files.batches,
             quarantined=self._quarantined,
             failed=self._failed,
             io_errors=self._io_errors,
@@ -430,6 +429,20 @@ class WriteAheadLog:
         if self._close_task is None:
             self._close_task = asyncio.create_task(self._close())
         await asyncio.shield(self._close_task)
+
+    async def abandon(self, *, write_queued: bool = False) -> None:
+        """Stop as kill -9 would: the writer cancelled, nothing more written (unless
+        `write_queued`: what was already queued, as a kill a moment later would), the lock
+        dropped. For crash tests; a real process uses close()."""
+        if write_queued:
+            await self.flush()
+        self._closed = True
+        if self._writer is not None:
+            await stop_tasks([self._writer])
+        loop = asyncio.get_running_loop()
+        # The single worker thread finishes a write it had started, then drops the lock.
+        await loop.run_in_executor(self._executor, self._files.release)
+        self._executor.shutdown(wait=True)
 
     # ------------------------------------------------------------ event loop side
 
@@ -446,7 +459,7 @@ class WriteAheadLog:
             loop = asyncio.get_running_loop()
             released = False
             try:
-                await loop.run_in_executor(self._executor, self._release)
+                await loop.run_in_executor(self._executor, self._files.release)
                 released = True
             finally:
                 # Once the release ran, the worker is idle: joining it takes no time, and
@@ -485,7 +498,7 @@ class WriteAheadLog:
         if not self._segments or self._segments[0].unconfirmed:
             return False
         first = self._segments[0]
-        if first is not self._active:
+        if first is not self._files.active:
             return True
         # Only the active segment is left and all of it is confirmed: seal it when an
         # append waits for disk budget, else it would never be freed.
@@ -552,7 +565,7 @@ class WriteAheadLog:
         if not frames:
             return
         self._inflight = batch
-        result = await loop.run_in_executor(self._executor, self._write_batch, frames)
+        result = await loop.run_in_executor(self._executor, self._files.write_batch, frames)
         self._inflight = []
         self._segments.extend(result.created)
         self._reserved -= sum(item.frame_bytes for item in batch)
@@ -594,30 +607,43 @@ class WriteAheadLog:
         for segment in self._segments:
             if segment.unconfirmed:
                 break
-            if segment is self._active:
+            if segment is self._files.active:
                 if self._budget_waiters and segment.size > SEGMENT_HEADER_BYTES:
                     doomed.append(segment)
                 break
             doomed.append(segment)
         if not doomed:
             return 0
-        deleted = await loop.run_in_executor(self._executor, self._delete_segments, doomed)
+        deleted = await loop.run_in_executor(self._executor, self._files.delete_segments, doomed)
         del self._segments[:deleted]
         if deleted:
             async with self._space:
                 self._space.notify_all()
         return deleted
 
-    # ------------------------------------------------------------ worker thread side
 
-    def _fsync(self, fd: int) -> None:
-        self._fsyncs += 1
+class _SegmentFiles:
+    """The log's files, as the worker thread sees them: the active segment, frame writes
+    and fsyncs, segment creation and deletion, and the directory lock. Only ever called in
+    the log's single worker thread (or before it starts and after it stops)."""
+
+    def __init__(self, wal_dir: str, segment_bytes: int, lock_fd: int, file_ops: FileOps) -> None:
+        self._dir = wal_dir
+        self._segment_bytes = segment_bytes
+        self._lock_fd = lock_fd
+        self._ops = file_ops
+        self.active: _Segment | None = None
+        self.fsyncs = 0
+        self.batches = 0
+
+    def fsync(self, fd: int) -> None:
+        self.fsyncs += 1
         self._ops.fsync(fd)
 
-    def _fsync_dir(self) -> None:
+    def fsync_dir(self) -> None:
         fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY | OPEN_NOFOLLOW)
         try:
-            self._fsync(fd)
+            self.fsync(fd)
         finally:
             os.close(fd)
 
@@ -629,7 +655,7 @@ class WriteAheadLog:
                 raise OSError(errno.EIO, "short write")
             view = view[written:]
 
-    def _start_segment(self, first_lsn: int) -> _Segment:
+    def start_segment(self, first_lsn: int) -> _Segment:
         """Create, fsync and return the new active segment (the directory entry too)."""
         name = f"wal-{first_lsn:020d}.seg"
         path = os.path.join(self._dir, name)
@@ -637,19 +663,19 @@ class WriteAheadLog:
         fd = self._ops.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | OPEN_NOFOLLOW, 0o600)
         try:
             self._write_all(fd, _segment_header(salt))
-            self._fsync(fd)
-            self._fsync_dir()
+            self.fsync(fd)
+            self.fsync_dir()
         except OSError:
             os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(path)  # a half-made segment is noise for the next recovery
             raise
         segment = _Segment(name, first_lsn, SEGMENT_HEADER_BYTES, zlib.crc32(salt), fd)
-        self._active = segment
+        self.active = segment
         return segment
 
-    def _seal_active(self) -> None:
-        segment, self._active = self._active, None
+    def seal_active(self) -> None:
+        segment, self.active = self.active, None
         if segment is not None and segment.fd >= 0:
             fd, segment.fd = segment.fd, -1
             os.close(fd)
@@ -659,7 +685,7 @@ class WriteAheadLog:
         try:
             self._write_all(segment.fd, data)
             if sync:
-                self._fsync(segment.fd)
+                self.fsync(segment.fd)
         except OSError:
             try:
                 segment.size = os.fstat(segment.fd).st_size
@@ -668,32 +694,32 @@ class WriteAheadLog:
             raise
         segment.size += len(data)
 
-    def _write_batch(self, frames: list[tuple[int, int, bytes, bytes]]) -> _BatchResult:
+    def write_batch(self, frames: list[tuple[int, int, bytes, bytes]]) -> _BatchResult:
         """Write frames (type, lsn, stamp, body) in lsn order; one write + fsync per segment.
 
         A batch of confirmations alone is written without an fsync: losing one costs an
         idempotent replay, never a record, and the next append's fsync persists it anyway.
         """
-        self._batches += 1
+        self.batches += 1
         sync = any(kind == _APPEND for kind, _, _, _ in frames)
         homes: list[_Segment] = []
         created: list[_Segment] = []
         parts: list[bytes] = []
         queued = 0
-        limit = self._options.segment_bytes
+        limit = self._segment_bytes
         try:
             for kind, lsn, stamp, body in frames:
                 frame_bytes = _FRAME.size + len(stamp) + len(body)
-                segment = self._active
+                segment = self.active
                 if segment is not None:
                     used = segment.size + queued
                     if used + frame_bytes > limit and used > SEGMENT_HEADER_BYTES:
                         self._flush(segment, parts, sync)
                         parts, queued = [], 0
-                        self._seal_active()
+                        self.seal_active()
                         segment = None
                 if segment is None:
-                    segment = self._start_segment(lsn)
+                    segment = self.start_segment(lsn)
                     created.append(segment)
                 type_lsn = _TYPE_LSN.pack(kind, lsn)
                 crc = zlib.crc32(body, zlib.crc32(stamp, zlib.crc32(type_lsn, segment.salt_crc)))
@@ -701,19 +727,19 @@ class WriteAheadLog:
                 queued += frame_bytes
                 if kind == _APPEND:
                     homes.append(segment)
-            if self._active is not None and parts:
-                self._flush(self._active, parts, sync)
+            if self.active is not None and parts:
+                self._flush(self.active, parts, sync)
         except OSError as exc:
-            self._seal_active()  # never write to it again: its page cache state is unknown
+            self.seal_active()  # never write to it again: its page cache state is unknown
             return _BatchResult([], created, exc)
         return _BatchResult(homes, created, None)
 
-    def _delete_segments(self, doomed: list[_Segment]) -> int:
+    def delete_segments(self, doomed: list[_Segment]) -> int:
         """Delete segments oldest first; return how many are gone."""
         deleted = 0
         for segment in doomed:
-            if segment is self._active:
-                self._seal_active()
+            if segment is self.active:
+                self.seal_active()
             try:
                 os.unlink(os.path.join(self._dir, segment.name))
             except FileNotFoundError:
@@ -724,13 +750,13 @@ class WriteAheadLog:
             deleted += 1
         if deleted:
             try:
-                self._fsync_dir()
+                self.fsync_dir()
             except OSError as exc:  # the files are gone from this process's view either way
                 logger.warning("WAL: fsync of the directory failed (%s)", _errno_name(exc))
         return deleted
 
-    def _release(self) -> None:
-        self._seal_active()
+    def release(self) -> None:
+        self.seal_active()
         fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         os.close(self._lock_fd)
 

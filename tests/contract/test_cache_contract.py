@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memsdk import Turn
-from memsdk.client import build_store
 from memsdk.config import Config
 from memsdk.testing import CountingStore, FakeClock
+from memsdk.wiring import build_store
 from tests.conftest import ClientFactory
 
 

@@ -14,7 +14,6 @@ import msgspec
 import pytest
 
 from memsdk import Config, MemoryClient, Turn
-from memsdk.client import build_store
 from memsdk.errors import (
     BackpressureError,
     ClientClosedError,
@@ -25,6 +24,7 @@ from memsdk.errors import (
 )
 from memsdk.records import CommitOutcome, SessionWrite
 from memsdk.testing import FakeClock, FaultyStore
+from memsdk.wiring import build_store
 from tests.conftest import TEST_TIMEOUTS
 
 

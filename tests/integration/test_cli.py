@@ -90,8 +90,8 @@ def test_wal_status_and_replay(tmp_path: Path) -> None:
     import asyncio
 
     from memsdk import Config, MemoryClient, Turn
-    from memsdk.client import build_store
     from memsdk.testing import FaultyStore
+    from memsdk.wiring import build_store
 
     db, wal = f"sqlite:///{tmp_path}/mem.db", str(tmp_path / "wal")
 

@@ -24,7 +24,6 @@ from opentelemetry.sdk.trace import ReadableSpan
 
 import memsdk
 from memsdk import Config, MemoryClient, Turn
-from memsdk.client import redis_namespace
 from memsdk.errors import (
     BackpressureError,
     ContextLostError,
@@ -36,6 +35,7 @@ from memsdk.errors import (
 from memsdk.records import CommitOutcome, MetaRecord, SessionWrite, TurnRecord
 from memsdk.store.base import Store
 from memsdk.store.sqlite import SQLiteStore
+from memsdk.wiring import redis_namespace
 from tests.conftest import TEST_TIMEOUTS
 from tests.harness.redis_server import RedisServer
 from tests.otel import InMemoryOtel, everything_exported

@@ -15,12 +15,12 @@ import msgspec
 import pytest
 
 from memsdk import Config, MemoryClient, Turn
-from memsdk.client import build_store, redis_namespace
 from memsdk.errors import SessionOwnershipError, StoreError
 from memsdk.limits import MAX_WINDOW_EXTENSION_TURNS
 from memsdk.records import MetaRecord
 from memsdk.testing import CountingStore, FakeClock, FaultyStore
 from memsdk.wal.log import WalOptions, WriteAheadLog
+from memsdk.wiring import build_store, redis_namespace
 from tests.conftest import TEST_TIMEOUTS
 from tests.harness.redis_server import RedisServer
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from memsdk import Config, MemoryClient, Turn
-from memsdk.client import build_store
 from memsdk.errors import BackpressureError
 from memsdk.testing import FaultyStore
+from memsdk.wiring import build_store
 
 
 @pytest.fixture

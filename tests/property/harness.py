@@ -21,10 +21,10 @@ from typing import Any, ClassVar
 import pytest
 
 from memsdk import Config, MemoryClient
-from memsdk.client import build_store
 from memsdk.faultproxy import FaultProxy
-from memsdk.testing import FakeClock, FaultyStore
+from memsdk.testing import FakeClock, FaultyStore, crash
 from memsdk.wal import log as wal_log
+from memsdk.wiring import build_store
 from tests.harness.redis_server import RedisServer
 
 # Generous where timing is not the point (a busy 2-core machine, a cold JVM): an outage
@@ -105,35 +105,20 @@ def simulated_disk(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         SimulatedDisk.synced.clear()
 
 
+def cap_flush_backoff(client: MemoryClient, cap_s: float) -> None:
+    """Cap the WAL flusher's backoff (a test outage lasts milliseconds, not minutes)."""
+    writer = client._writer
+    if writer is not None:
+        writer.flusher.backoff = writer.flusher.backoff.with_cap(cap_s)
+
+
 async def abandon(client: MemoryClient, *, write_queued: bool = False) -> None:
     """Stop a client the way kill -9 would: no drain, no last confirms, connections dropped.
 
     `write_queued`: let the log writer write what it had queued first (confirmations), as
-    a kill a moment later would. Reaches into the client on purpose: a crash is exactly
-    what the public API cannot do.
+    a kill a moment later would.
     """
-    flusher, wal = client._flusher, client._wal
-    if flusher is not None:
-        await flusher.stop()  # an in-flight commit may still land: replay is idempotent
-    if wal is not None and write_queued:
-        await wal.flush()
-    if wal is not None:
-        writer = wal._writer
-        if writer is not None:
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
-        loop = asyncio.get_running_loop()
-        # The single worker thread finishes a write it had started, then drops the lock.
-        await loop.run_in_executor(wal._executor, wal._release)
-        wal._executor.shutdown(wait=True)
-    probes = [client._recovery_probe] if client._recovery_probe is not None else []
-    for task in [*client._background, *probes]:
-        task.cancel()
-    await asyncio.gather(*client._background, *probes, return_exceptions=True)
-    if client._l2 is not None:
-        await client._l2.aclose()
-    await client._store.aclose()
-    client._state = "closed"
+    await crash(client, write_queued=write_queued)
 
 
 @dataclass
@@ -200,10 +185,9 @@ class Example:
             self.stores[slot] = store
         client = MemoryClient(config, clock=self.clock, store=store)
         self.env.run(client.open())
-        if client._flusher is not None:
-            # The flusher backs off up to 5 s while the store fails; a test outage lasts
-            # milliseconds, so cap the wait (how long it waits is not what is checked here).
-            client._flusher._backoff_cap_s = 0.2
+        # The flusher backs off up to 5 s while the store fails; a test outage lasts
+        # milliseconds, so cap the wait (how long it waits is not what is checked here).
+        cap_flush_backoff(client, 0.2)
         return client
 
     def verifier(self) -> MemoryClient:

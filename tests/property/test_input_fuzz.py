@@ -23,9 +23,9 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from memsdk import Config, MemoryClient, Turn, errors
-from memsdk.client import build_store
 from memsdk.limits import DYNAMODB_ITEM_LIMIT
 from memsdk.testing import CountingStore
+from memsdk.wiring import build_store
 from tests.conftest import TEST_TIMEOUTS, new_dynamodb_table
 from tests.property.conftest import profile_settings
 
