@@ -8,13 +8,12 @@ therefore share every rule of this file, and the differential tests compare them
 
 from __future__ import annotations
 
-import asyncio
-import random
 import uuid
 from typing import Any
 
+from memsdk.backoff import Backoff
 from memsdk.config import DynamoDBStoreSpec
-from memsdk.errors import StoreError, StoreUnavailableError
+from memsdk.errors import ClientClosedError, StoreError, StoreUnavailableError
 from memsdk.limits import BATCH_WRITE_MAX, MAX_TRANSACT_ITEMS
 from memsdk.records import (
     META_SK,
@@ -60,8 +59,6 @@ TTL_ATTRIBUTE = "expires_at"
 # BatchWriteItem re-sends of UnprocessedItems: bounded, with full-jitter backoff, so a
 # throttled purge gives up (StoreUnavailableError) instead of hammering the table.
 _BATCH_MAX_ATTEMPTS = 8
-_BATCH_BACKOFF_BASE_S = 0.05
-_BATCH_BACKOFF_CAP_S = 1.0
 # Cancellation reason codes that mean "throttled", as opposed to exception names.
 _CANCEL_THROTTLE_CODES = frozenset(
     {"ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"}
@@ -71,10 +68,15 @@ _CANCEL_THROTTLE_CODES = frozenset(
 class DynamoDBStore:
     """The Store protocol on one DynamoDB table."""
 
-    def __init__(self, spec: DynamoDBStoreSpec, path: DataPath) -> None:
+    def __init__(
+        self, spec: DynamoDBStoreSpec, path: DataPath, *, batch_backoff: Backoff | None = None
+    ) -> None:
+        """`batch_backoff`: the wait between re-sends of a batch's unprocessed deletes."""
         self._spec = spec
         self._table = spec.table
         self._path = path
+        # Full jitter from 25 ms, 50 ms on the first retry, up to 1 s.
+        self._batch_backoff = batch_backoff or Backoff.exponential(0.025, 1.0)
 
     @property
     def description(self) -> str:
@@ -102,12 +104,25 @@ class DynamoDBStore:
         sid: str,
         *,
         write: bool,
+        interpret: bool = False,
     ) -> Any:
+        """The data path's call, its errors as StoreErrors; with `interpret`, a
+        DynamoDBCallError (a refused condition, a cancelled transaction) is left to the
+        caller to read."""
         try:
             return await self._path.call(
                 operation, params, response_type, write=write, session_id=sid
             )
+        except ClientClosedError as exc:
+            # The Store protocol's answer for a store that is not open (or was closed during
+            # the call): a StoreError, which the client reports as its own close.
+            raise StoreError(
+                "the DynamoDB store is not open (or was closed during the call): open it first",
+                session_id=sid,
+            ) from exc
         except DynamoDBCallError as exc:
+            if interpret:
+                raise
             raise to_store_error(
                 exc, table=self._table, session_id=sid, maybe_applied=exc.maybe_applied
             ) from exc
@@ -175,11 +190,22 @@ class DynamoDBStore:
     async def commit(self, write: SessionWrite) -> CommitOutcome:
         """Apply `write` atomically if the stored META matches its expectation."""
         sid = write.meta.session_id
-        meta_put = self._meta_put(write)
+        try:
+            meta_put = self._meta_put(write)
+            turn_items = [turn_to_item(sid, turn) for turn in write.turns]
+            summary_item = None if write.summary is None else summary_to_item(sid, write.summary)
+        except (TypeError, ValueError, OverflowError) as exc:
+            # The client validates every value first; a caller of the store alone may not.
+            raise StoreError(
+                f"the DynamoDB store could not commit a write: it does not encode as JSON "
+                f"({type(exc).__name__}); nothing was written",
+                session_id=sid,
+                permanent=True,
+            ) from None
         if not write.turns and write.summary is None:
             params = {"TableName": self._table, **meta_put}
             try:
-                await self._path.call("PutItem", params, WriteResponse, write=True, session_id=sid)
+                await self._call("PutItem", params, WriteResponse, sid, write=True, interpret=True)
             except DynamoDBCallError as exc:
                 if exc.kind == "conditional":
                     return self._meta_refused(write, exc.item)
@@ -191,12 +217,12 @@ class DynamoDBStore:
             return CommitOutcome(applied=True)
 
         transact: list[dict[str, Any]] = [{"Put": {"TableName": self._table, **meta_put}}]
-        for turn in write.turns:
+        for item in turn_items:
             transact.append(
                 {
                     "Put": {
                         "TableName": self._table,
-                        "Item": turn_to_item(sid, turn),
+                        "Item": item,
                         # A turn id is written once: an existing item is either our own
                         # earlier attempt (same content) or a collision.
                         "ConditionExpression": "attribute_not_exists(PK)",
@@ -204,10 +230,8 @@ class DynamoDBStore:
                     }
                 }
             )
-        if write.summary is not None:
-            transact.append(
-                {"Put": {"TableName": self._table, "Item": summary_to_item(sid, write.summary)}}
-            )
+        if summary_item is not None:
+            transact.append({"Put": {"TableName": self._table, "Item": summary_item}})
         if len(transact) > MAX_TRANSACT_ITEMS:
             raise StoreError(
                 f"a commit holds at most {MAX_TRANSACT_ITEMS} items (META + turns + summary), "
@@ -220,8 +244,8 @@ class DynamoDBStore:
         # beyond that the per-item conditions make the replay idempotent).
         params = {"TransactItems": transact, "ClientRequestToken": uuid.uuid4().hex}
         try:
-            await self._path.call(
-                "TransactWriteItems", params, WriteResponse, write=True, session_id=sid
+            await self._call(
+                "TransactWriteItems", params, WriteResponse, sid, write=True, interpret=True
             )
         except DynamoDBCallError as exc:
             if exc.kind == "cancelled":
@@ -382,8 +406,7 @@ class DynamoDBStore:
             if not pending:
                 return
             if attempt + 1 < _BATCH_MAX_ATTEMPTS:
-                cap = min(_BATCH_BACKOFF_CAP_S, _BATCH_BACKOFF_BASE_S * 2**attempt)
-                await asyncio.sleep(random.uniform(0, cap))
+                await self._batch_backoff.wait(attempt + 1)
         raise StoreUnavailableError(
             f"DynamoDB BatchWriteItem on table {self._table!r} left {len(pending)} deletes "
             f"unprocessed after {_BATCH_MAX_ATTEMPTS} attempts (throttled); retry later",

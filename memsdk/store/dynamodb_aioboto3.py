@@ -340,7 +340,9 @@ class Aioboto3DataPath:
     ) -> T:
         """Send `operation` through botocore; convert its reply into `response_type`."""
         if self._client is None:
-            raise StoreError("the DynamoDB store is not open: call open() first")
+            raise StoreError(
+                "the DynamoDB store is not open: call open() first", session_id=session_id
+            )
         method = getattr(self._client, _METHODS[operation])
         table = str(params.get("TableName") or self._spec.table)
         guard = _Guard(operation, write=write, table=table, session_id=session_id)
@@ -354,7 +356,7 @@ class Aioboto3DataPath:
                     error.maybe_applied = write and guard.ambiguous
                     raise error from exc
                 raise
-        return convert(response, response_type, operation)
+        return convert(response, response_type, operation, session_id)
 
 
 async def create_table(spec: DynamoDBStoreSpec) -> bool:

@@ -334,13 +334,13 @@ def wire_to_summary(item: SummaryItem) -> SummaryRecord:
     )
 
 
-def convert(value: object, wire_type: type[T], kind: str) -> T:
+def convert(value: object, wire_type: type[T], kind: str, session_id: str | None = None) -> T:
     """Convert botocore's dicts (or any builtins) into a wire Struct; StoreError if malformed."""
     try:
         return msgspec.convert(value, wire_type)
     except msgspec.ValidationError as exc:
         # msgspec names the path of the bad attribute, never its value.
-        raise _store_error(kind, str(exc), None) from None
+        raise _store_error(kind, str(exc), session_id) from None
 
 
 def item_to_meta(item: Item) -> MetaRecord:

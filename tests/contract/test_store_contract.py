@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from memsdk.errors import ClientClosedError, StoreError, StoreUnavailableError
+from memsdk.errors import StoreError, StoreUnavailableError
 from memsdk.store.base import CommitOutcome, Store
 from tests.contract.conftest import (
     LIVE,
@@ -30,24 +30,7 @@ from tests.contract.conftest import (
 # Where a store does not do yet what the protocol asks. Each is a strict xfail limited to
 # the exception the gap raises: the test still runs, and the day the store is fixed it
 # passes, which fails the run until its entry here goes.
-KNOWN_GAPS: dict[tuple[str, str], tuple[type[BaseException], str]] = {
-    ("test_undecodable_items_are_a_store_error", "dynamodb-aioboto3"): (
-        AssertionError,
-        "the aioboto3 path's error for a malformed item names no session_id",
-    ),
-    ("test_unencodable_write_is_a_store_error", "dynamodb-lean"): (
-        TypeError,
-        "the DynamoDB item codec lets msgspec's TypeError escape",
-    ),
-    ("test_unencodable_write_is_a_store_error", "dynamodb-aioboto3"): (
-        TypeError,
-        "the DynamoDB item codec lets msgspec's TypeError escape",
-    ),
-    ("test_calls_need_an_open_store", "dynamodb-lean"): (
-        ClientClosedError,
-        "the lean data path raises ClientClosedError, not StoreError, when not open",
-    ),
-}
+KNOWN_GAPS: dict[tuple[str, str], tuple[type[BaseException], str]] = {}
 
 
 # A store's own words for a refusal, where its tests pinned them before this suite: the
