@@ -152,6 +152,10 @@ class BufferedWriter:
         """The store answers again: end the flusher's backoff."""
         self.flusher.resume_now()
 
+    def pending_sessions(self) -> set[str]:
+        """The sessions with appends not yet confirmed in the store."""
+        return {e.session_id for e in self.flusher.pending()}
+
     def pending_for(self, session_id: str) -> list[BufferedAppend]:
         """The session's appends not yet confirmed in the store, in log order."""
         return self.flusher.pending_for(session_id)

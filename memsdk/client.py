@@ -157,6 +157,13 @@ class MemoryClient:
                 self._writer = writer
             await self._store.open()
             await self._cache.open()
+            if self._writer is not None:
+                # A process that died between a flush's commit and its write-through left
+                # Redis with the older META, which validated readers elsewhere trust: drop
+                # it for every session the log still holds, before anyone reads through us.
+                await self._cache.drop_all_from_l2(
+                    self._writer.pending_sessions(), wait_s=self._config.redis_timeout * 4
+                )
         except BaseException:
             # Failed or cancelled: release what was acquired (the wal_dir lock first of
             # all), without a drain, even if this task is cancelled again.

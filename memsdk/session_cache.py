@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 from memsdk import session as rules
@@ -45,6 +45,8 @@ _MAX_META_HINTS = 10_000
 _TOOL_SLACK = 8
 # Best-effort cache work (read-through fills, repairs) never queues without bound.
 _MAX_BACKGROUND_TASKS = 1_000
+# Redis drops sent at once by drop_all_from_l2 (a WAL recovery of many sessions).
+_DROP_CONCURRENCY = 64
 # After a failed write-through, Redis may hold an older META: keep trying to drop it.
 _L2_REPAIR_DELAYS_S = (0.05, 0.2, 1.0, 5.0, 15.0, 30.0)
 
@@ -222,6 +224,25 @@ class SessionCache:
         process may trust it), retrying in the background if Redis did not confirm."""
         if self.l2 is not None and not await self.l2.invalidate(session_id, essential=True):
             self._spawn(self._repair_l2(session_id))
+
+    async def drop_all_from_l2(self, session_ids: Iterable[str], *, wait_s: float) -> None:
+        """drop_from_l2 for many sessions, a bounded number at a time, in a background task
+        this cache owns; waits for it at most `wait_s` (what is left goes on meanwhile)."""
+        pending = list(session_ids)
+        if self.l2 is None or not pending or self._background_stopped:
+            return
+
+        async def drop_all() -> None:
+            for start in range(0, len(pending), _DROP_CONCURRENCY):
+                batch = pending[start : start + _DROP_CONCURRENCY]
+                await asyncio.gather(*(self.drop_from_l2(sid) for sid in batch))
+
+        task = asyncio.ensure_future(drop_all())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        # asyncio.wait: a timeout leaves the task running, and a cancel of this caller is
+        # never swallowed.
+        await asyncio.wait([task], timeout=wait_s)
 
     async def forget_if_trusted(self, session_id: str) -> None:
         """After a write that may have landed unseen: drop what reads would trust unchecked.

@@ -17,11 +17,11 @@ from hypothesis import strategies as st
 
 from memsdk import MemoryClient, Turn
 from memsdk.cache.redis import RedisMetaCache
-from memsdk.client import build_store, redis_namespace
 from memsdk.config import Config
 from memsdk.errors import StoreUnavailableError
 from memsdk.records import MetaRecord
-from memsdk.testing import CountingStore, FakeClock, FaultyStore
+from memsdk.testing import CountingStore, FakeClock, FaultyStore, crash
+from memsdk.wiring import build_store, redis_namespace
 from tests.conftest import TEST_TIMEOUTS, ClientFactory
 from tests.harness.redis_server import RedisCluster3, RedisServer, free_port
 
@@ -372,3 +372,59 @@ async def test_a_late_fill_after_redis_lost_the_key_never_hides_a_write(
         ctx = await reader.load_context("s")  # its L1 window says v1: must not be trusted
         assert [t.content for t in ctx.turns] == ["q1", "q2"]
         assert held.results[0] is False  # because the fill of v1 was refused
+
+
+class _DyingPuts(RedisMetaCache):
+    """A RedisMetaCache whose write-throughs never return: the process dies in them."""
+
+    def __init__(self, url: str, **settings: Any) -> None:
+        super().__init__(url, **settings)
+        self.reached = asyncio.Event()
+
+    async def put(self, meta: MetaRecord, *, now_s: int, essential: bool = False) -> bool:
+        self.reached.set()
+        await asyncio.Event().wait()
+        return False
+
+
+async def test_a_writer_killed_between_its_flush_and_the_write_through_leaves_redis_clean(
+    make_client: ClientFactory,
+    store_settings: dict[str, Any],
+    clock: FakeClock,
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    """Found by tests/property (long profile): a WAL client killed after its flush had
+    committed but before the write-through left Redis with the older META, and validated
+    readers in other processes trusted it and served windows without the flushed turns
+    for as long as the key lived (the session's TTL). The client that reopens the log drops
+    the Redis META of every session it recovers records for, before open() returns, even
+    when it cannot reach the store to replay them yet."""
+    reader = await make_client(redis_url=redis_server.url, **PATIENT_REDIS)
+    await reader.append_turn("s", user("q1"))
+    assert (await reader.load_context("s")).source == "l1+redis"  # its window, Redis: v1
+    config = Config(
+        **store_settings,
+        **TEST_TIMEOUTS,
+        **PATIENT_REDIS,
+        redis_url=redis_server.url,
+        wal_dir=str(tmp_path / "wal"),
+    )
+    dying_cache = _DyingPuts(
+        redis_server.url, key_prefix=redis_namespace(config), timeout=10.0, connect_timeout=10.0
+    )
+    dying = MemoryClient(config, clock=clock, meta_cache=dying_cache)
+    await dying.open()
+    clock.advance(0.01)  # q2's id above q1's (in one millisecond, two writers' ids tie-break)
+    await dying.append_turn("s", user("q2"))  # acknowledged: fsync'd in the WAL
+    await asyncio.wait_for(dying_cache.reached.wait(), 10)  # committed; the SET never ends
+    await crash(dying)
+    stale = await reader.load_context("s")
+    assert [t.content for t in stale.turns] == ["q1"]  # Redis still says v1: the window
+    # The process comes back on its log while the store is unreachable from it.
+    unreachable = FaultyStore(build_store(config))
+    unreachable.down = True
+    async with MemoryClient(config, clock=clock, store=unreachable) as restarted:
+        assert restarted.health().wal_pending_records == 1
+        ctx = await reader.load_context("s")
+        assert [t.content for t in ctx.turns] == ["q1", "q2"] and ctx.source == "store"
