@@ -13,7 +13,8 @@ from collections import Counter
 from typing import TYPE_CHECKING, TypeVar, cast
 
 from memsdk.errors import StoreUnavailableError
-from memsdk.store.base import Store, TurnRecord
+from memsdk.records import TurnRecord
+from memsdk.store.base import Store
 from memsdk.store.wrapper import StoreCall, StoreWrapper
 
 if TYPE_CHECKING:

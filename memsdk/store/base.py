@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from memsdk.records import CommitOutcome, MetaRecord, SessionWrite, SummaryRecord, TurnRecord
+from memsdk.records import CommitOutcome, MetaRecord, SessionWrite, TurnRecord
 
-__all__ = ["CommitOutcome", "MetaRecord", "SessionWrite", "Store", "SummaryRecord", "TurnRecord"]
+__all__ = ["Store"]
 
 
 class Store(Protocol):

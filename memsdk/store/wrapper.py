@@ -25,7 +25,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Coroutine
 from typing import Any, Final, Generic, Literal, Protocol, TypeVar
 
-from memsdk.store.base import CommitOutcome, MetaRecord, SessionWrite, Store, TurnRecord
+from memsdk.records import CommitOutcome, MetaRecord, SessionWrite, TurnRecord
+from memsdk.store.base import Store
 
 __all__ = ["Operation", "Resource", "StoreCall", "StoreWrapper", "Wrapper"]
 

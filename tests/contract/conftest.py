@@ -17,7 +17,8 @@ import aioboto3
 import pytest
 
 from memsdk.config import Config, DynamoDBStoreSpec, SQLiteStoreSpec
-from memsdk.store.base import MetaRecord, SessionWrite, Store, SummaryRecord, TurnRecord
+from memsdk.records import MetaRecord, SessionWrite, SummaryRecord, TurnRecord
+from memsdk.store.base import Store
 from memsdk.wiring import build_store
 from tests.conftest import TEST_TIMEOUTS
 

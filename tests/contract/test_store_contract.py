@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 
 from memsdk.errors import StoreError, StoreUnavailableError
-from memsdk.store.base import CommitOutcome, Store
+from memsdk.records import CommitOutcome
+from memsdk.store.base import Store
 from tests.contract.conftest import (
     LIVE,
     NOW,

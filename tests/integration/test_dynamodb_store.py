@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeou
 
 from memsdk.config import DynamoDBStoreSpec
 from memsdk.errors import StoreError, StoreUnavailableError
-from memsdk.store.base import SummaryRecord
+from memsdk.records import SummaryRecord
 from memsdk.store.dynamodb import DynamoDBStore
 from memsdk.store.dynamodb_aioboto3 import Aioboto3DataPath, _Guard, create_table
 from memsdk.store.dynamodb_items import (

@@ -17,7 +17,7 @@ import pytest
 
 import memsdk.store.sqlite as sqlite_module
 from memsdk.errors import StoreError, StoreUnavailableError
-from memsdk.store.base import CommitOutcome, MetaRecord
+from memsdk.records import CommitOutcome, MetaRecord
 from memsdk.store.sqlite import SQLiteStore
 from tests.contract.conftest import NOW, SID, meta, tid, turn, write
 

@@ -10,7 +10,7 @@ import pytest
 
 from memsdk.config import Config, SQLiteStoreSpec
 from memsdk.errors import StoreError, StoreUnavailableError
-from memsdk.store.base import MetaRecord, SessionWrite, TurnRecord
+from memsdk.records import MetaRecord, SessionWrite, TurnRecord
 from memsdk.store.sqlite import SQLiteStore
 from memsdk.store.wrapper import StoreCall, StoreWrapper
 
