@@ -211,7 +211,14 @@ def overlay(
     """
     shown = {t.turn_id for t in ctx.turns}
     oldest = ctx.turns[0].turn_id if ctx.turns else None
-    whole_session = ctx.meta is None or oldest is None or len(ctx.turns) < last_n
+    # The answer holds every turn of the session (not a suffix of it): a pending turn that
+    # sorts below its oldest belongs in the window too, ahead of any tool results there.
+    whole_session = (
+        ctx.meta is None
+        or oldest is None
+        or len(ctx.turns) < last_n
+        or len(ctx.turns) >= ctx.meta.turn_count
+    )
     decoded = []
     for entry in before:
         if entry.set_aside:

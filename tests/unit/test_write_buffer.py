@@ -149,6 +149,33 @@ def test_overlay_keeps_the_window_and_its_tool_rule() -> None:
     assert ctx.meta is not None and ctx.meta.turn_count == 4
 
 
+def test_a_pending_turn_below_a_whole_session_window_is_shown_before_its_tool_results() -> None:
+    """Found by tests/property (long profile): the store's answer held every turn of the
+    session (4 of 4, last_n=4), the oldest a tool result; this process's buffered turn
+    sorts below it (its clock was behind). The overlay left it out, as if the window were
+    a suffix, and served a window that starts with a tool result whose turn before it
+    exists (guarantee 9)."""
+    read = stored(4, 3, 4, 5, 6)
+    read = msgspec.structs.replace(
+        read, turns=[msgspec.structs.replace(read.turns[0], role="tool"), *read.turns[1:]]
+    )
+    ours = entry(7, 1)
+    ctx = overlay(read, [ours], 9, 4, 60)
+    assert contents(ctx) == ["c1", "c3", "c4", "c5", "c6"]
+    assert [t.role for t in ctx.turns][:2] == ["user", "tool"]
+    assert ctx.meta is not None and ctx.meta.turn_count == 5
+    # A window that is a suffix of a longer session still leaves it out (and counts it).
+    suffix = overlay(
+        msgspec.structs.replace(read, meta=msgspec.structs.replace(read.meta, turn_count=9)),
+        [ours],
+        9,
+        4,
+        60,
+    )  # type: ignore[arg-type]
+    assert contents(suffix) == ["c3", "c4", "c5", "c6"]
+    assert suffix.meta is not None and suffix.meta.turn_count == 10
+
+
 def test_codec_round_trip_and_refusals() -> None:
     e = entry(5, 1, 2)
     back = decode_append(5, e.payload, T0)
