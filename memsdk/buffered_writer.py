@@ -259,8 +259,9 @@ class BufferedWriter:
         owner = ctx.meta.customer_id if ctx.meta is not None else None
         shown = [e for e in pending if _may_show(e, owner, customer_id)]
         ttl = self._config.ttl_seconds
+        now_ms = self._clock.time_ms()
         try:
-            return overlay(ctx, shown, read.version, last_n, ttl, floor=read.floor)
+            return overlay(ctx, shown, read.version, last_n, ttl, floor=read.floor, now_ms=now_ms)
         except OverlayUncertain:
             pass
         if not ctx.degraded:
@@ -269,14 +270,23 @@ class BufferedWriter:
                 async with asyncio.timeout_at(deadline):
                     await self._flush_progress.wait_for(lambda: not any(e.in_flight for e in shown))
             try:
-                return overlay(ctx, shown, read.version, last_n, ttl, floor=read.floor)
+                return overlay(
+                    ctx, shown, read.version, last_n, ttl, floor=read.floor, now_ms=now_ms
+                )
             except OverlayUncertain:
                 pass
         # Whether META already counts appends that sort below the window cannot be told:
         # the turns are right, turn_count may not be; say so.
         ctx = degrade(ctx, "flush_outcome_unknown")
         return overlay(
-            ctx, shown, read.version, last_n, ttl, floor=read.floor, uncertain_included=True
+            ctx,
+            shown,
+            read.version,
+            last_n,
+            ttl,
+            floor=read.floor,
+            uncertain_included=True,
+            now_ms=now_ms,
         )
 
     # ---------------------------------------------------------------- flush

@@ -191,6 +191,7 @@ def overlay(
     *,
     floor: str | None = None,
     uncertain_included: bool = False,
+    now_ms: int | None = None,
 ) -> Context:
     """`ctx` with this process's buffered appends that its META does not include merged in
     (read-your-writes), each counted once in `turn_count`.
@@ -207,8 +208,13 @@ def overlay(
     the answer degraded and passes `uncertain_included` to count such appends as included).
     Appends set aside by the flush are not shown: they never land; nor are appends with a
     turn at or below `floor` (the incarnation's floor, or the one the next incarnation
-    will get), which the flush will set aside (ordered before a delete or expiry).
+    will get), which the flush will set aside (ordered before a delete or expiry). An answer
+    without META and without a floor (a degraded one) takes the floor a session with no
+    META gets at `now_ms`: appends older than the TTL (a replay after a crash) would have
+    expired with their session, and must not make up an expired META.
     """
+    if floor is None and ctx.meta is None and now_ms is not None:
+        floor = rules.incarnation_floor(None, now_ms=now_ms, ttl_seconds=ttl_seconds)
     shown = {t.turn_id for t in ctx.turns}
     oldest = ctx.turns[0].turn_id if ctx.turns else None
     # The answer holds every turn of the session (not a suffix of it): a pending turn that

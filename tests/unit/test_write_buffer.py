@@ -214,3 +214,20 @@ def test_appends_the_flush_will_set_aside_are_never_shown() -> None:
     absent = Context(session_id="s", meta=None, turns=[], summary=None)
     ctx = overlay(absent, [before_delete, after], 10, 20, 60, floor=tid(5))
     assert contents(ctx) == ["c7"] and ctx.meta is not None and ctx.meta.turn_count == 1
+
+
+def test_a_degraded_answer_never_makes_up_an_expired_meta_from_a_replayed_append() -> None:
+    """Found by tests/property (long profile): after a crash with a power cut, a restarted
+    client replayed appends flushed an hour before (their confirmations were lost); the
+    store was down, and the degraded answer overlaid them on "no META", making up a META
+    that had expired with them (TTL 60 s here)."""
+    absent = Context(session_id="s", meta=None, turns=[], summary=None, degraded=True)
+    replayed, recent = entry(1, 1, 2), entry(2, 3600 * 1000)
+    old = overlay(absent, [replayed], None, 20, 60, now_ms=T0 + 3600 * 1000)
+    assert old == absent  # they would have expired with their session: not shown
+    ctx = overlay(absent, [replayed, recent], None, 20, 60, now_ms=T0 + 3600 * 1000 + 1)
+    assert contents(ctx) == [f"c{3600 * 1000}"]
+    assert ctx.meta is not None and ctx.meta.expires_at > (T0 + 3600 * 1000) // 1000
+    # Without a clock (the old call) the replayed appends made up an expired META.
+    stale = overlay(absent, [replayed], None, 20, 60)
+    assert stale.meta is not None and stale.meta.expires_at < (T0 + 3600 * 1000) // 1000
