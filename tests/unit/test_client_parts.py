@@ -125,21 +125,28 @@ class RacingStore(StoreWrapper):
         return await call.run()
 
 
-async def test_lost_races_replan_on_the_stored_meta_and_back_off_from_the_second(
-    store: SQLiteStore,
-) -> None:
-    clock = FakeClock()
+def losing_committer(
+    store: Store, clock: FakeClock, *, losses: int
+) -> tuple[SessionCache, Committer, SleepRecorder]:
+    """A committer that loses its first `losses` races to a rival, and the sleep it waits with."""
     _, rival = parts(store, clock)
-    racing = RacingStore(store, rival, losses=3)
     cache = SessionCache(CONFIG, None, clock, Telemetry(enabled=False))
     sleep = SleepRecorder()
     committer = Committer(
-        racing,
+        RacingStore(store, rival, losses=losses),
         cache,
         clock,
         CONFIG,
         conflict_backoff=Backoff.exponential(0.001, 0.05).driven_by(sleep=sleep),
     )
+    return cache, committer, sleep
+
+
+async def test_lost_races_replan_on_the_stored_meta_and_back_off_from_the_second(
+    store: SQLiteStore,
+) -> None:
+    clock = FakeClock()
+    cache, committer, sleep = losing_committer(store, clock, losses=3)
     ids = TurnIdGenerator(clock.time_ms)
     await committer.commit_required("s", append_plan("s", "first", ids), operation="append")
     write = await committer.commit_required("s", append_plan("s", "mine", ids), operation="append")
@@ -154,17 +161,7 @@ async def test_lost_races_replan_on_the_stored_meta_and_back_off_from_the_second
 
 async def test_a_committer_gives_up_after_its_rounds(store: SQLiteStore) -> None:
     clock = FakeClock()
-    _, rival = parts(store, clock)
-    racing = RacingStore(store, rival, losses=MAX_COMMIT_ROUNDS)
-    cache = SessionCache(CONFIG, None, clock, Telemetry(enabled=False))
-    sleep = SleepRecorder()
-    committer = Committer(
-        racing,
-        cache,
-        clock,
-        CONFIG,
-        conflict_backoff=Backoff.exponential(0.001, 0.05).driven_by(sleep=sleep),
-    )
+    _, committer, sleep = losing_committer(store, clock, losses=MAX_COMMIT_ROUNDS)
     with pytest.raises(StoreUnavailableError, match="lost the race"):
         await committer.commit_required(
             "s", append_plan("s", "x", TurnIdGenerator(clock.time_ms)), operation="append"
