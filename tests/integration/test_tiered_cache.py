@@ -417,7 +417,8 @@ async def test_a_writer_killed_between_its_flush_and_the_write_through_leaves_re
     await dying.open()
     clock.advance(0.01)  # q2's id above q1's (in one millisecond, two writers' ids tie-break)
     await dying.append_turn("s", user("q2"))  # acknowledged: fsync'd in the WAL
-    await asyncio.wait_for(dying_cache.reached.wait(), 10)  # committed; the SET never ends
+    async with asyncio.timeout(10):
+        await dying_cache.reached.wait()  # committed; the SET never ends
     await crash(dying)
     stale = await reader.load_context("s")
     assert [t.content for t in stale.turns] == ["q1"]  # Redis still says v1: the window
