@@ -69,8 +69,6 @@ class Committer:
         self._config = config
         self._ids = ids if ids is not None else TurnIdGenerator(clock.time_ms)
         self._on_context_lost = on_context_lost
-        self._write_timeout = config.write_timeout
-        self._delete_retention_s = config.ttl_seconds + config.turn_retention_seconds
         self._backoff = conflict_backoff or Backoff.exponential(0.001, 0.05)
 
     async def append(
@@ -176,7 +174,7 @@ class Committer:
         """
         sent = False
         try:
-            async with asyncio.timeout(self._write_timeout):
+            async with asyncio.timeout(self._config.write_timeout):
                 current = self._cache.hinted(session_id)
                 fresh = False
                 conflicts = 0
@@ -224,7 +222,7 @@ class Committer:
             if sent:
                 await self._cache.forget_if_trusted(session_id)
             raise StoreUnavailableError(
-                f"{operation} exceeded write_timeout={self._write_timeout}s"
+                f"{operation} exceeded write_timeout={self._config.write_timeout}s"
                 + (
                     "; it may have been applied (at most once)" if sent else "; nothing was written"
                 ),
@@ -243,7 +241,7 @@ class Committer:
     async def delete(self, session_id: str, customer_id: str | None) -> None:
         """Tombstone META, then purge the items it hides (within 10 x write_timeout)."""
         try:
-            async with asyncio.timeout(self._write_timeout * 10):
+            async with asyncio.timeout(self._config.write_timeout * 10):
                 await self._delete(session_id, customer_id)
         except TimeoutError as exc:
             raise StoreUnavailableError(
@@ -267,7 +265,9 @@ class Committer:
             if rules.live_meta(current, now_ms // 1000) is not None:
                 rules.check_owner(current, customer_id)
             write = rules.plan_delete(
-                current, now_ms=now_ms, retention_seconds=self._delete_retention_s
+                current,
+                now_ms=now_ms,
+                retention_seconds=self._config.ttl_seconds + self._config.turn_retention_seconds,
             )
             outcome = await self._store.commit(write)
             if outcome.applied:

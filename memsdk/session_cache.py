@@ -229,7 +229,7 @@ class SessionCache:
         """drop_from_l2 for many sessions, a bounded number at a time, in a background task
         this cache owns; waits for it at most `wait_s` (what is left goes on meanwhile)."""
         pending = list(session_ids)
-        if self.l2 is None or not pending or self._background_stopped:
+        if self.l2 is None or not pending:
             return
 
         async def drop_all() -> None:
@@ -237,12 +237,11 @@ class SessionCache:
                 batch = pending[start : start + _DROP_CONCURRENCY]
                 await asyncio.gather(*(self.drop_from_l2(sid) for sid in batch))
 
-        task = asyncio.ensure_future(drop_all())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        # asyncio.wait: a timeout leaves the task running, and a cancel of this caller is
-        # never swallowed.
-        await asyncio.wait([task], timeout=wait_s)
+        task = self._spawn(drop_all(), essential=True)
+        if task is not None:
+            # asyncio.wait: a timeout leaves the task running, and a cancel of this caller
+            # is never swallowed.
+            await asyncio.wait([task], timeout=wait_s)
 
     async def forget_if_trusted(self, session_id: str) -> None:
         """After a write that may have landed unseen: drop what reads would trust unchecked.
@@ -279,15 +278,20 @@ class SessionCache:
                 return
             await self._repair_backoff.wait(failures)
 
-    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
-        if len(self._background) >= _MAX_BACKGROUND_TASKS or self._background_stopped:
+    def _spawn(
+        self, work: Coroutine[Any, Any, Any], *, essential: bool = False
+    ) -> asyncio.Future[Any] | None:
+        """Run `work` as a background task this cache owns (None: not started)."""
+        full = len(self._background) >= _MAX_BACKGROUND_TASKS and not essential
+        if full or self._background_stopped:
             # Shed best-effort cache work rather than queue it without bound, or start
             # it after close() stopped the rest (nothing would ever stop it).
             work.close()
-            return
+            return None
         task = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     # ------------------------------------------------------------ lifecycle
 
