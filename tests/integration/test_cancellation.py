@@ -12,17 +12,22 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from memsdk import Config, MemoryClient, Turn
+from memsdk import Config, MemoryClient, Turn, buffered_writer
 from memsdk.cache.redis import RedisMetaCache
 from memsdk.errors import ClientClosedError, MemsdkError
 from memsdk.faultproxy import FaultProxy
+from memsdk.ids import TurnIdGenerator
 from memsdk.records import MetaRecord
+from memsdk.session import new_turn_records
+from memsdk.wal.log import WalOptions, WriteAheadLog
+from memsdk.write_buffer import encode_append
 from tests.harness.redis_server import RedisServer
 
 NOW = 1_900_000_000
@@ -232,6 +237,54 @@ async def test_a_cancelled_open_releases_the_wal_dir(tmp_path: Path) -> None:
         assert memsdk_threads() == []
     async with MemoryClient(config) as again:
         assert again.health().open
+
+
+async def test_an_open_cancelled_while_it_recovers_the_log_releases_it_and_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An open() cancelled during the log's recovery (a record that does not decode is
+    being written to rejected/, in a thread) closes the log it opened: the wal_dir opens
+    again, and the recovered append is replayed, not lost."""
+    wal_dir = tmp_path / "wal"
+    config = Config(store=f"sqlite:///{tmp_path / 'm.db'}", wal_dir=str(wal_dir))
+    now_ms = time.time_ns() // 1_000_000  # the client's clock: the append is current
+    turns = new_turn_records(
+        [Turn(role="user", content="kept")],
+        TurnIdGenerator(lambda: now_ms).next_ids(1),
+        now_ms=now_ms,
+        ttl_seconds=config.ttl_seconds,
+        retention_seconds=config.turn_retention_seconds,
+    )
+    log, _ = await WriteAheadLog.open(wal_dir, WalOptions(segment_bytes=1 << 20))
+    await log.append(encode_append("s1", None, turns))
+    await log.append(b'{"type":"not-an-append"}')
+    await log.close()
+    real_write = buffered_writer.write_rejected
+
+    def slow_write(wal_dir: str, lines: list[bytes]) -> None:
+        time.sleep(0.02)  # a slow disk: the cancel lands while recovery waits on it
+        real_write(wal_dir, lines)
+
+    monkeypatch.setattr(buffered_writer, "write_rejected", slow_write)
+    cancelled = 0
+    for delay_ms in range(0, 40, 2):
+        mem = MemoryClient(config)
+        opening = asyncio.ensure_future(mem.open())
+        await asyncio.sleep(delay_ms / 1000)
+        if opening.cancel():
+            with pytest.raises(asyncio.CancelledError):
+                await opening
+            cancelled += 1
+        else:
+            await opening
+        await mem.aclose()
+        assert memsdk_threads() == []
+    assert cancelled > 0
+    async with MemoryClient(config) as again:
+        await again.flush(timeout=10)
+        ctx = await again.load_context("s1")
+        assert [t.content for t in ctx.turns] == ["kept"]
+    assert (wal_dir / "rejected").is_dir()
 
 
 def pair(i: int) -> list[Turn]:
